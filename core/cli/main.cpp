@@ -1,0 +1,234 @@
+// The xcam command-line tool: explain, run, layers, plugins, bench.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <random>
+
+#include "xcam/error.h"
+#include "xcam/experiment.h"
+#include "xcam/explainer.h"
+#include "xcam/inspect.h"
+#include "xcam/plugin_loader.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Common {
+  std::string plugin = "cnn";
+  std::vector<std::string> plugin_dirs;
+  std::string plugin_options = "{}";
+  int threads = 0;
+};
+
+void add_common(CLI::App* cmd, Common& c) {
+  cmd->add_option("--plugin", c.plugin, "Architecture plugin: a name (cnn) or a path to its .so")->capture_default_str();
+  cmd->add_option("--plugin-dir", c.plugin_dirs, "Directory searched for plugins before XCAM_PLUGIN_PATH");
+  cmd->add_option("--plugin-options", c.plugin_options, "Plugin options as a JSON object")->capture_default_str();
+  cmd->add_option("--threads", c.threads, "Intra-op threads (0: all cores)")->capture_default_str();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"xcam: class-activation maps for TorchScript models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "xcam 0.1.0");
+
+  // ---- explain
+  Common ce;
+  xcam::ExplainerOptions eo;
+  std::vector<int64_t> size;
+  std::vector<float> mean, stdv;
+  std::vector<std::string> images;
+  xcam::OutputOptions out;
+  std::string boxes_file;
+  int batch = 8;
+  bool panel = false;
+  std::string target = "top1";
+  auto* explain = app.add_subcommand("explain", "Explain images with one model, method and target")
+                      ->footer("Outputs, per image and target, in --out DIR:\n"
+                               "  <image stem>_<target>.npy  float32 map at image resolution, in [0, 1]\n"
+                               "  <image stem>_<target>.png  overlay (colormap blended with the image)\n"
+                               "  <image stem>_<target>_panel.png  with --panel: image | heatmap | overlay\n"
+                               "  results.json, results.csv  one row per map: score, timings, metrics\n"
+                               "<target> is the class name (from --labels) or the class index.");
+  explain->add_option("--model", eo.model, "TorchScript model file")->required();
+  add_common(explain, ce);
+  explain->add_option("--layer", eo.layers, "Layer to tap (dotted path, name@i for the i-th call); repeat to aggregate");
+  explain->add_option("--method", eo.method, "Method: " + fmt::format("{}", fmt::join(xcam::available_methods(), ", ")))->capture_default_str();
+  explain->add_option("--target", target, "top1 | topK | class index | class name (comma-separated for several)")->capture_default_str();
+  explain->add_option("--labels", eo.labels_file, "Class names, one a line");
+  explain->add_option("--size", size, "Input height and width")->expected(2);
+  explain->add_option("--mean", mean, "Normalisation mean (R G B)")->expected(3);
+  explain->add_option("--std", stdv, "Normalisation std (R G B)")->expected(3);
+  explain->add_option("--device", eo.device, "cpu or cuda")->capture_default_str();
+  explain->add_option("--batch", batch, "Images per forward")->capture_default_str();
+  explain->add_option("--out", out.dir, "Output directory")->required();
+  explain->add_option("--colormap", out.colormap, "jet, viridis, turbo, inferno or gray")->capture_default_str();
+  explain->add_option("--alpha", out.alpha, "Image weight of the overlay")->capture_default_str();
+  explain->add_flag("--panel", panel, "Also write titled panels");
+  explain->add_option("--boxes", boxes_file, "Ground-truth boxes (JSON) for the pointing game");
+  explain->add_option("images", images, "Image files")->required();
+
+  // ---- run
+  std::string config;
+  xcam::RunOptions run_opt;
+  auto* run = app.add_subcommand("run", "Run a YAML experiment (resumes; --force redoes)");
+  run->add_option("config", config, "Experiment YAML")->required();
+  run->add_flag("--force", run_opt.force, "Redo items that are already finished");
+
+  // ---- layers
+  std::string layers_model;
+  std::vector<int64_t> layers_size{224, 224};
+  auto* layers = app.add_subcommand("layers", "List every tappable layer with its output shape");
+  layers->add_option("model", layers_model, "TorchScript model file")->required();
+  layers->add_option("--size", layers_size, "Sample input height and width")->expected(2)->capture_default_str();
+
+  // ---- plugins
+  std::vector<std::string> scan_dirs;
+  auto* plugins = app.add_subcommand("plugins", "List the plugins found, loaded or refused, and why");
+  plugins->add_option("--plugin-dir", scan_dirs, "Extra directory to search");
+
+  // ---- bench
+  Common cb;
+  xcam::ExplainerOptions bo;
+  std::vector<int64_t> bsize{224, 224};
+  int bbatch = 1, repeats = 10, warmup = 2;
+  bool as_json = false;
+  auto* bench = app.add_subcommand("bench", "Time forward-only vs explanation (medians over repeats)");
+  bench->add_option("--model", bo.model, "TorchScript model file")->required();
+  add_common(bench, cb);
+  bench->add_option("--layer", bo.layers, "Layer to tap");
+  bench->add_option("--method", bo.method, "Method")->capture_default_str();
+  bench->add_option("--batch", bbatch, "Batch size")->capture_default_str();
+  bench->add_option("--size", bsize, "Input height and width")->expected(2)->capture_default_str();
+  bench->add_option("--repeats", repeats, "Timed repeats")->capture_default_str();
+  bench->add_option("--warmup", warmup, "Untimed warm-up runs")->capture_default_str();
+  bench->add_flag("--json", as_json, "Print one JSON object on the last line");
+
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_pattern("xcam: %l: %v");
+
+  try {
+    if (*explain) {
+      xcam::set_threads(ce.threads);
+      eo.plugin = ce.plugin;
+      eo.plugin_dirs = ce.plugin_dirs;
+      eo.plugin_options = ce.plugin_options;
+      if (!size.empty()) {
+        eo.height = size[0];
+        eo.width = size[1];
+      }
+      if (!mean.empty()) eo.mean = std::array<float, 3>{mean[0], mean[1], mean[2]};
+      if (!stdv.empty()) eo.std = std::array<float, 3>{stdv[0], stdv[1], stdv[2]};
+      eo.targets.clear();
+      std::stringstream ss(target);
+      for (std::string t; std::getline(ss, t, ',');)
+        if (!t.empty()) eo.targets.push_back(t);
+      out.save_panel = panel;
+      std::map<std::string, std::vector<xcam::Box>> boxes;
+      if (!boxes_file.empty()) boxes = xcam::read_boxes(boxes_file);
+      xcam::Explainer ex(eo);
+      std::vector<xcam::ItemRecord> records;
+      xcam::RunSummary summary;
+      xcam::explain_and_write(ex, images, std::max(1, batch), eo.targets, boxes_file.empty() ? nullptr : &boxes, out,
+                              records, summary, {}, "explain");
+      xcam::print_summary(summary);
+      return summary.failed > 0 ? 1 : 0;
+    }
+    if (*run) {
+      const auto cfg = xcam::load_experiment(config);
+      std::cout << fmt::format("experiment '{}': {} images, methods {}, {} layer set(s), outputs in {}\n", cfg.name,
+                               cfg.images.size(), fmt::join(cfg.methods, ", "), cfg.layer_sets.size(),
+                               cfg.outputs.dir);
+      const auto summary = xcam::run_experiment(cfg, run_opt);
+      xcam::print_summary(summary);
+      return summary.failed > 0 ? 1 : 0;
+    }
+    if (*layers) {
+      const auto list = xcam::list_layers(layers_model, layers_size[0], layers_size[1]);
+      size_t w = 4;
+      for (const auto& l : list) w = std::max(w, l.path.size());
+      std::cout << fmt::format("{:<{}}  {:<22}  {:>5}  {}\n", "path", w, "type", "calls", "output (1 x 3 x "
+                               + std::to_string(layers_size[0]) + " x " + std::to_string(layers_size[1]) + ")");
+      for (const auto& l : list)
+        std::cout << fmt::format("{:<{}}  {:<22}  {:>5}  {}\n", l.path, w, l.type, l.calls, l.shape);
+      return 0;
+    }
+    if (*plugins) {
+      const auto path = xcam::plugin_search_path(scan_dirs);
+      const auto found = xcam::scan_plugins(path);
+      std::cout << "search path:\n";
+      for (const auto& d : path)
+        std::cout << "  " << d << (fs::is_directory(d) ? "" : "  (missing)") << "\n";
+      if (found.empty()) std::cout << "no plugin found\n";
+      for (const auto& p : found)
+        std::cout << fmt::format("{:<10} {:<8} {}\n  {}\n", p.name, p.loaded ? "loaded" : "REFUSED",
+                                 p.loaded ? p.version + "  " + p.reason : p.reason, p.file);
+      return 0;
+    }
+    if (*bench) {
+      xcam::set_threads(cb.threads);
+      bo.plugin = cb.plugin;
+      bo.plugin_dirs = cb.plugin_dirs;
+      bo.plugin_options = cb.plugin_options;
+      bo.height = bsize[0];
+      bo.width = bsize[1];
+      xcam::Explainer ex(bo);
+      std::mt19937 rng(0);
+      std::normal_distribution<float> nd;
+      std::vector<float> x(static_cast<size_t>(bbatch) * 3 * bsize[0] * bsize[1]);
+      for (auto& v : x) v = nd(rng);
+      std::vector<std::string> ids;
+      for (int i = 0; i < bbatch; ++i) ids.push_back("bench" + std::to_string(i));
+      std::vector<double> fwd, total, f, b, c;
+      for (int i = 0; i < warmup + repeats; ++i) {
+        xcam::StageTimes t0, t1;
+        ex.forward_only(x, bbatch, &t0);
+        const auto start = std::chrono::steady_clock::now();
+        ex.explain_preprocessed(x, bbatch, ids, {}, &t1);
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+        if (i < warmup) continue;
+        fwd.push_back(t0.forward_ms);
+        total.push_back(ms);
+        f.push_back(t1.forward_ms);
+        b.push_back(t1.backward_ms);
+        c.push_back(t1.cam_ms);
+      }
+      const double mf = median(fwd), mt = median(total);
+      if (!as_json) {
+        std::cout << fmt::format("model {}  layer {}  method {}  batch {}  input {}x{}  threads {}  repeats {}\n",
+                                 bo.model, fmt::join(ex.layers(), "+"), bo.method, bbatch, bsize[0], bsize[1],
+                                 cb.threads, repeats);
+        std::cout << fmt::format("forward only      {:9.2f} ms\n", mf);
+        std::cout << fmt::format("explanation       {:9.2f} ms   ratio {:.3f}\n", mt, mt / mf);
+        std::cout << fmt::format("  tapped forward  {:9.2f} ms\n  gradients       {:9.2f} ms\n  map kernels     {:9.2f} ms\n",
+                                 median(f), median(b), median(c));
+      }
+      std::cout << fmt::format("{{\"forward_ms\": {:.4f}, \"explain_ms\": {:.4f}, \"ratio\": {:.4f}, "
+                               "\"tapped_forward_ms\": {:.4f}, \"backward_ms\": {:.4f}, \"cam_ms\": {:.4f}, "
+                               "\"batch\": {}, \"threads\": {}}}\n",
+                               mf, mt, mt / mf, median(f), median(b), median(c), bbatch, cb.threads);
+      return 0;
+    }
+  } catch (const xcam::Error& e) {
+    std::cerr << "xcam: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "xcam: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

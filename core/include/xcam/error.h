@@ -1,0 +1,35 @@
+// xcam::Error and XCAM_CHECK: every error says what was expected, what was
+// found and what to do, and carries the file:line that raised it.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace xcam {
+
+// Default visibility: plugins are built with hidden symbols and their errors
+// must still be caught as xcam::Error by the host.
+class __attribute__((visibility("default"))) Error : public std::runtime_error {
+ public:
+  Error(std::string message, const char* file, int line)
+      : std::runtime_error(std::move(message)), file_(file), line_(line) {}
+  const char* file() const noexcept { return file_; }
+  int line() const noexcept { return line_; }
+
+ private:
+  const char* file_;
+  int line_;
+};
+
+}  // namespace xcam
+
+#define XCAM_THROW(...) throw ::xcam::Error(::fmt::format(__VA_ARGS__), __FILE__, __LINE__)
+
+#define XCAM_CHECK(cond, ...)  \
+  do {                         \
+    if (!(cond)) {             \
+      XCAM_THROW(__VA_ARGS__); \
+    }                          \
+  } while (0)

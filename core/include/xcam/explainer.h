@@ -1,0 +1,97 @@
+// The explanation runtime behind the CLI and the experiment runner: a model, a
+// plugin, target layers and a method; images in, maps out. No LibTorch types
+// in this header, so callers compile fast.
+#pragma once
+
+#include <opencv2/core.hpp>
+
+#include <array>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "xcam/image.h"
+
+namespace xcam {
+
+struct ExplainerOptions {
+  std::string model;                    // TorchScript file
+  std::string plugin = "cnn";           // plugin name or path to its .so
+  std::string plugin_options = "{}";    // JSON object handed to the plugin
+  std::vector<std::string> plugin_dirs; // searched before XCAM_PLUGIN_PATH
+  std::vector<std::string> layers;      // taps; empty: the plugin's default
+  std::string method = "gradcam";
+  std::vector<std::string> targets{"top1"};  // requests for every sample
+  int64_t height = 0, width = 0;        // input size; 0: the plugin's default
+  std::optional<std::array<float, 3>> mean, std;
+  std::string labels_file;              // class names, one a line
+  std::string device = "cpu";
+};
+
+// Methods this build implements, by their CLI/YAML names.
+const std::vector<std::string>& available_methods();
+
+struct MapResult {
+  std::string image_id;
+  size_t rank = 0;             // position among this sample's targets
+  std::string target_label;    // class name (or index when no labels are known)
+  int64_t target_index = -1;
+  double score = 0;            // the plugin's readable score (e.g. softmax probability)
+  int64_t height = 0, width = 0;  // model input size
+  std::vector<float> map;      // height x width, in [0, 1]
+  std::vector<std::string> warnings;  // constant map, NaN/Inf, ...
+};
+
+// Wall-clock milliseconds per stage of one explain() call.
+struct StageTimes {
+  double preprocess_ms = 0, forward_ms = 0, backward_ms = 0, cam_ms = 0;
+  double total_ms() const { return preprocess_ms + forward_ms + backward_ms + cam_ms; }
+};
+
+class Explainer {
+ public:
+  // Loads the model and plugin, resolves the layers. Throws xcam::Error with a
+  // one-line reason (missing model, refused plugin, unknown layer, ...).
+  explicit Explainer(ExplainerOptions options);
+  ~Explainer();
+  Explainer(Explainer&&) noexcept;
+
+  const ExplainerOptions& options() const;
+  const Preprocess& preprocess() const;
+  const std::vector<std::string>& layers() const;
+  const std::vector<std::string>& labels() const;
+
+  // Maps for a batch of 8-bit RGB images of any size. `requests` (optional)
+  // gives each sample its own target requests, overriding options().targets.
+  std::vector<MapResult> explain(const std::vector<cv::Mat>& images, const std::vector<std::string>& ids,
+                                 const std::vector<std::vector<std::string>>& requests = {},
+                                 StageTimes* times = nullptr);
+
+  // The same on an already preprocessed batch: batch x 3 x H x W floats.
+  std::vector<MapResult> explain_preprocessed(const std::vector<float>& nchw, int64_t batch,
+                                              const std::vector<std::string>& ids,
+                                              const std::vector<std::vector<std::string>>& requests = {},
+                                              StageTimes* times = nullptr);
+
+  // Low-resolution maps of the last explain call, per layer: [layer][rank]
+  // -> batch x h x w normalised, and their (h, w). For parity checks.
+  struct LowRes {
+    int64_t height = 0, width = 0;
+    std::vector<std::vector<float>> per_rank;
+  };
+  const std::vector<LowRes>& last_lowres() const;
+
+  // The model's plain forward on the batch (no taps, no autograd): the
+  // baseline `xcam bench` compares against.
+  void forward_only(const std::vector<float>& nchw, int64_t batch, StageTimes* times);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Sets LibTorch's intra-op and OpenMP thread counts (0: all cores).
+void set_threads(int threads);
+
+}  // namespace xcam

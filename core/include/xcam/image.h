@@ -1,0 +1,20 @@
+// Image loading and preprocessing (OpenCV; no LibTorch).
+#pragma once
+
+#include <opencv2/core.hpp>
+
+#include <string>
+#include <vector>
+
+#include "xcam/preprocess.h"
+
+namespace xcam {
+
+// Reads an image file as 8-bit RGB. Throws xcam::Error naming the file when it
+// is missing, unreadable or not a decodable image.
+cv::Mat load_rgb(const std::string& path);
+
+// Appends 3 x height x width normalised floats (CHW) of `rgb` to `out`.
+void preprocess_into(const cv::Mat& rgb, const Preprocess& p, std::vector<float>& out);
+
+}  // namespace xcam

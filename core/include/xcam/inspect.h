@@ -1,0 +1,22 @@
+// Model inspection for `xcam layers` (no LibTorch types).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace xcam {
+
+struct LayerInfo {
+  std::string path;   // dotted module path, tappable as written
+  std::string type;   // module class name
+  std::string shape;  // output shape for the sample input, or why it cannot be tapped
+  int calls = 0;      // how many times forward runs it (path@i taps the i-th)
+  bool tappable = false;
+};
+
+// Every submodule of the TorchScript model with its output shape for one
+// random input of 1 x 3 x height x width.
+std::vector<LayerInfo> list_layers(const std::string& model_path, int64_t height, int64_t width);
+
+}  // namespace xcam

@@ -1,0 +1,72 @@
+// TorchScript models with layer taps: any submodule's output, by dotted path,
+// comes out of the forward as an extra output, with autograd recording only
+// downstream of the earliest tap (SPEC section 1, step 3).
+#pragma once
+
+#include <torch/script.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "xcam/strings.h"
+
+namespace xcam {
+
+// "layer4", "layer4.1.conv2", "features.28", or "name@i" for the i-th call
+// (0-based) of a module that runs more than once; without @ the last call.
+struct TapPoint {
+  std::string path;
+  int call = -1;  // -1: the last call
+  std::string text;
+};
+TapPoint parse_tap(const std::string& text);
+
+class Model {
+ public:
+  // Loads a TorchScript file, sets eval mode and freezes every parameter.
+  // Throws xcam::Error for a missing file or one that is not TorchScript.
+  static Model load(const std::string& path, const std::string& device = "cpu");
+
+  torch::jit::Module& module() { return *module_; }
+  const torch::jit::Module& module() const { return *module_; }
+  const std::string& path() const { return path_; }
+  const c10::Device& device() const { return device_; }
+  // Every submodule path, in definition order ("" excluded).
+  std::vector<std::string> module_paths() const;
+
+ private:
+  std::shared_ptr<torch::jit::Module> module_;
+  std::string path_;
+  c10::Device device_{c10::kCPU};
+};
+
+// A rewritten copy of the model's forward graph that also returns the tapped
+// values. The model's own methods are left untouched.
+class TappedForward {
+ public:
+  // Throws xcam::Error for an unknown path (with the closest names and the
+  // `xcam layers` hint), a call index that does not exist, or a tap inside
+  // control flow.
+  TappedForward(Model& model, const std::vector<std::string>& taps);
+  ~TappedForward();
+  TappedForward(TappedForward&&) noexcept;
+
+  struct Result {
+    c10::IValue output;
+    std::vector<at::Tensor> taps;  // one per requested tap, in request order
+  };
+  // Runs the model with grad mode on. The earliest tap is a fresh leaf that
+  // requires grad; later taps and the output are differentiable w.r.t. it.
+  // With record_grad=false nothing is recorded (forward-only timing, listing).
+  Result run(const std::vector<c10::IValue>& inputs, bool record_grad = true);
+
+  const std::vector<TapPoint>& taps() const;
+  std::string graph_text() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace xcam

@@ -1,0 +1,35 @@
+// Heatmaps, overlays and panels (SPEC section 4).
+#pragma once
+
+#include <opencv2/core.hpp>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace xcam {
+
+enum class Colormap { jet, viridis, turbo, inferno, gray };
+Colormap parse_colormap(const std::string& name);  // throws xcam::Error listing the names
+const std::array<uint8_t, 768>& colormap_lut(Colormap c);  // 256 RGB triples
+
+// `map` is at the model's input size (map_h x map_w); it is resized
+// bilinearly to the image's size when they differ.
+std::vector<float> map_at_image_size(const std::vector<float>& map, int64_t map_h, int64_t map_w, const cv::Mat& rgb);
+
+struct Rendered {
+  cv::Mat heat;     // RGB colormapped map
+  cv::Mat overlay;  // RGB (1 - a) * heat + a * image, rounded once
+};
+// `map` at the image's size; image_weight is a in SPEC section 4.
+Rendered render_overlay(const cv::Mat& rgb, const std::vector<float>& map, float image_weight, Colormap c);
+
+// original | heatmap | overlay under a title line, tiles at least 224 px high
+// so the title stays readable for small images.
+cv::Mat render_panel(const cv::Mat& rgb, const Rendered& r, const std::string& title);
+
+// Writes an RGB image as PNG, atomically. Throws xcam::Error naming the file.
+void write_png(const std::string& path, const cv::Mat& rgb);
+
+}  // namespace xcam

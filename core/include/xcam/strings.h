@@ -1,0 +1,14 @@
+// Small string helpers (no LibTorch).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace xcam {
+
+// The closest names to `wanted` among `candidates` (edit distance), best
+// first; only reasonably close ones.
+std::vector<std::string> closest_names(const std::string& wanted, const std::vector<std::string>& candidates,
+                                       size_t max_results = 3);
+
+}  // namespace xcam

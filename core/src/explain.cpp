@@ -1,0 +1,277 @@
+// The explanation runtime: forward with taps, targets, gradients w.r.t. the
+// taps only, and the fused map kernels.
+#include <omp.h>
+#include <spdlog/spdlog.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include "xcam/error.h"
+#include "xcam/explainer.h"
+#include "xcam/kernels/gradcam.h"
+#include "xcam/kernels/normalize_resize.h"
+#include "xcam/model.h"
+#include "xcam/plugin.h"
+#include "xcam/plugin_loader.h"
+
+namespace xcam {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+std::vector<std::string> read_labels(const std::string& file) {
+  std::vector<std::string> labels;
+  if (file.empty()) return labels;
+  std::ifstream in(file);
+  XCAM_CHECK(in.good(), "labels file '{}' cannot be read; give a text file with one class name a line", file);
+  for (std::string line; std::getline(in, line);) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    labels.push_back(line);
+  }
+  return labels;
+}
+
+// The plugin's last error, captured from its log, for the refusal message.
+std::string g_last_plugin_error;  // NOLINT: written only during create()
+void capture_log(const XcamHost* host, int level, const char* msg) {
+  if (level >= 3 && msg) g_last_plugin_error = msg;
+  plugin_host()->log(host, level, msg);
+}
+
+}  // namespace
+
+const std::vector<std::string>& available_methods() {
+  static const std::vector<std::string> methods{"gradcam"};
+  return methods;
+}
+
+void set_threads(int threads) {
+  const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(n);
+  omp_set_num_threads(n);
+}
+
+struct Explainer::Impl {
+  ExplainerOptions opt;
+  Preprocess pre;
+  std::vector<std::string> labels;
+  std::vector<std::string> layers;
+  std::shared_ptr<PluginLibrary> library;
+  std::unique_ptr<ArchPlugin, void (*)(ArchPlugin*)> plugin{nullptr, nullptr};
+  XcamHost host{};
+  Model model;
+  std::unique_ptr<TappedForward> tapped;
+  std::vector<LowRes> lowres;
+
+  std::vector<MapResult> run(const at::Tensor& images, const std::vector<std::string>& ids,
+                             const std::vector<std::vector<std::string>>& requests, StageTimes* times);
+};
+
+Explainer::Explainer(ExplainerOptions options) : impl_(new Impl) {
+  auto& m = *impl_;
+  m.opt = std::move(options);
+  const auto& methods = available_methods();
+  XCAM_CHECK(std::find(methods.begin(), methods.end(), m.opt.method) != methods.end(),
+             "method '{}' is not available; choose one of: {}", m.opt.method, fmt::join(methods, ", "));
+  XCAM_CHECK(m.opt.device == "cpu" || (m.opt.device.rfind("cuda", 0) == 0 && torch::cuda::is_available()),
+             "device '{}' is not available in this build (LibTorch {} {} CUDA); use device: cpu", m.opt.device,
+             TORCH_VERSION, torch::cuda::is_available() ? "with" : "without");
+  m.labels = read_labels(m.opt.labels_file);
+
+  // Plugin: the library stays loaded while the object lives (deleter order).
+  m.library = find_plugin(m.opt.plugin, plugin_search_path(m.opt.plugin_dirs));
+  m.host = *plugin_host();
+  m.host.log = &capture_log;
+  g_last_plugin_error.clear();
+  const auto& d = m.library->descriptor();
+  ArchPlugin* raw = d.create(&m.host, m.opt.plugin_options.c_str());
+  XCAM_CHECK(raw != nullptr, "plugin '{}' refused its options {}: {}", m.library->file(), m.opt.plugin_options,
+             g_last_plugin_error.empty() ? "(no reason given)" : g_last_plugin_error);
+  m.plugin = std::unique_ptr<ArchPlugin, void (*)(ArchPlugin*)>(raw, d.destroy);
+
+  m.model = Model::load(m.opt.model, m.opt.device);
+  m.pre = m.plugin->preprocess();
+  if (m.opt.height > 0) m.pre.height = m.opt.height;
+  if (m.opt.width > 0) m.pre.width = m.opt.width;
+  if (m.opt.mean) m.pre.mean = *m.opt.mean;
+  if (m.opt.std) m.pre.std = *m.opt.std;
+  m.layers = m.opt.layers.empty() ? m.plugin->default_layers(m.model.module()) : m.opt.layers;
+  m.tapped = std::make_unique<TappedForward>(m.model, m.layers);
+}
+
+Explainer::~Explainer() {
+  if (impl_) {
+    impl_->tapped.reset();
+    impl_->plugin.reset();  // before the library is closed
+  }
+}
+Explainer::Explainer(Explainer&&) noexcept = default;
+
+const ExplainerOptions& Explainer::options() const { return impl_->opt; }
+const Preprocess& Explainer::preprocess() const { return impl_->pre; }
+const std::vector<std::string>& Explainer::layers() const { return impl_->layers; }
+const std::vector<std::string>& Explainer::labels() const { return impl_->labels; }
+const std::vector<Explainer::LowRes>& Explainer::last_lowres() const { return impl_->lowres; }
+
+std::vector<MapResult> Explainer::explain(const std::vector<cv::Mat>& images, const std::vector<std::string>& ids,
+                                          const std::vector<std::vector<std::string>>& requests,
+                                          StageTimes* times) {
+  const auto t0 = Clock::now();
+  std::vector<float> nchw;
+  nchw.reserve(images.size() * 3 * impl_->pre.height * impl_->pre.width);
+  for (const auto& im : images) preprocess_into(im, impl_->pre, nchw);
+  StageTimes local;
+  auto out = explain_preprocessed(nchw, static_cast<int64_t>(images.size()), ids, requests, &local);
+  local.preprocess_ms = ms_since(t0) - local.forward_ms - local.backward_ms - local.cam_ms;
+  if (times) *times = local;
+  return out;
+}
+
+std::vector<MapResult> Explainer::explain_preprocessed(const std::vector<float>& nchw, int64_t batch,
+                                                       const std::vector<std::string>& ids,
+                                                       const std::vector<std::vector<std::string>>& requests,
+                                                       StageTimes* times) {
+  const auto& p = impl_->pre;
+  XCAM_CHECK(static_cast<int64_t>(nchw.size()) == batch * 3 * p.height * p.width,
+             "preprocessed batch has {} floats, expected {} x 3 x {} x {}", nchw.size(), batch, p.height, p.width);
+  XCAM_CHECK(static_cast<int64_t>(ids.size()) == batch, "{} ids for a batch of {}", ids.size(), batch);
+  auto images = torch::from_blob(const_cast<float*>(nchw.data()), {batch, 3, p.height, p.width}, torch::kFloat32)
+                    .to(impl_->model.device());
+  StageTimes local;
+  auto out = impl_->run(images, ids, requests, &local);
+  if (times) *times = local;
+  return out;
+}
+
+std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std::vector<std::string>& ids,
+                                            const std::vector<std::vector<std::string>>& requests,
+                                            StageTimes* times) {
+  const int64_t B = images.size(0);
+  Batch batch;
+  batch.images = images;
+  batch.ids = ids;
+  batch.labels = labels;
+
+  auto t = Clock::now();
+  plugin->prepare(model.module(), batch);
+  plugin->decode(model.module(), batch);
+  auto fwd = tapped->run(batch.inputs, /*record_grad=*/true);
+  times->forward_ms = ms_since(t);
+
+  TargetRequest req;
+  req.per_sample.resize(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b)
+    req.per_sample[b] = requests.empty() || requests[b].empty() ? opt.targets : requests[b];
+  plugin->resolve_targets(fwd.output, req, batch);
+  XCAM_CHECK(static_cast<int64_t>(batch.targets.size()) == B, "plugin '{}' resolved targets for {} of {} samples",
+             opt.plugin, batch.targets.size(), B);
+  size_t ranks = 0;
+  for (auto& ts : batch.targets) {
+    XCAM_CHECK(!ts.empty(), "plugin '{}' resolved no target for a sample", opt.plugin);
+    ranks = std::max(ranks, ts.size());
+  }
+  for (auto& ts : batch.targets)
+    while (ts.size() < ranks) {
+      ts.push_back(ts.back());
+      ts.back().padding = true;
+    }
+
+  const size_t L = layers.size();
+  const int64_t H = images.size(2), W = images.size(3);
+  lowres.assign(L, LowRes{});
+  std::vector<MapResult> results;
+  for (size_t r = 0; r < ranks; ++r) {
+    t = Clock::now();
+    std::vector<double> scores;
+    at::Tensor y = plugin->score(fwd.output, batch, r, &scores);
+    XCAM_CHECK(y.dim() == 1 && y.size(0) == B, "plugin '{}' returned scores of shape {} for a batch of {}",
+               opt.plugin, c10::str(y.sizes()), B);
+    const auto grads = torch::autograd::grad({y.sum()}, fwd.taps, /*grad_outputs=*/{},
+                                             /*retain_graph=*/r + 1 < ranks, /*create_graph=*/false,
+                                             /*allow_unused=*/true);
+    times->backward_ms += ms_since(t);
+
+    t = Clock::now();
+    std::vector<std::vector<float>> low(L);
+    std::vector<int64_t> hs(L), ws(L);
+    std::vector<float> maps(static_cast<size_t>(B * H * W));
+    std::vector<std::vector<uint8_t>> status(L, std::vector<uint8_t>(static_cast<size_t>(B), 0));
+    for (size_t l = 0; l < L; ++l) {
+      at::Tensor a = plugin->to_grid(layers[l], fwd.taps[l].detach(), batch);
+      at::Tensor g = grads[l].defined() ? plugin->to_grid(layers[l], grads[l], batch) : torch::zeros_like(a);
+      a = a.to(torch::kCPU, torch::kFloat32).contiguous();
+      g = g.to(torch::kCPU, torch::kFloat32).contiguous();
+      const kernels::CamShape s{a.size(0), a.size(1), a.size(2), a.size(3)};
+      hs[l] = s.height;
+      ws[l] = s.width;
+      low[l].resize(static_cast<size_t>(B * s.height * s.width));
+      kernels::gradcam_cpu(a.data_ptr<float>(), g.data_ptr<float>(), s, H, W, low[l].data(), maps.data(),
+                           status[l].data());
+    }
+    std::vector<uint8_t> agg_status(static_cast<size_t>(B), 0);
+    if (L > 1) {
+      std::vector<const float*> ptrs(L);
+      for (size_t l = 0; l < L; ++l) ptrs[l] = low[l].data();
+      kernels::aggregate_layers_cpu(ptrs.data(), hs.data(), ws.data(), static_cast<int64_t>(L), B, H, W,
+                                    maps.data(), agg_status.data());
+    }
+    times->cam_ms += ms_since(t);
+
+    for (int64_t b = 0; b < B; ++b) {
+      const Target& tg = batch.targets[b][r];
+      if (tg.padding) continue;
+      MapResult m;
+      m.image_id = ids[b];
+      m.rank = r;
+      m.target_label = tg.label;
+      m.target_index = tg.index;
+      m.score = b < static_cast<int64_t>(scores.size()) ? scores[b] : y[b].item<double>();
+      m.height = H;
+      m.width = W;
+      m.map.assign(maps.begin() + b * H * W, maps.begin() + (b + 1) * H * W);
+      for (size_t l = 0; l < L; ++l) {
+        if (status[l][b] & kernels::kCamNonFinite)
+          m.warnings.push_back(fmt::format("NaN or Inf in the activations or gradients of layer '{}': its map is "
+                                           "all zeros",
+                                           layers[l]));
+        else if (status[l][b] & kernels::kCamConstant)
+          m.warnings.push_back(fmt::format("map of layer '{}' is constant (zero gradients or an all-negative "
+                                           "weighted sum): written as zeros; try an earlier layer",
+                                           layers[l]));
+      }
+      results.push_back(std::move(m));
+    }
+    for (size_t l = 0; l < L; ++l) {
+      lowres[l].height = hs[l];
+      lowres[l].width = ws[l];
+      lowres[l].per_rank.push_back(std::move(low[l]));
+    }
+  }
+  return results;
+}
+
+void Explainer::forward_only(const std::vector<float>& nchw, int64_t batch, StageTimes* times) {
+  auto& m = *impl_;
+  const auto& p = m.pre;
+  auto images = torch::from_blob(const_cast<float*>(nchw.data()), {batch, 3, p.height, p.width}, torch::kFloat32)
+                    .to(m.model.device());
+  const auto t = Clock::now();
+  torch::NoGradGuard no_grad;
+  Batch b;
+  b.images = images;
+  m.plugin->prepare(m.model.module(), b);
+  auto out = m.model.module().forward(b.inputs);
+  if (times) times->forward_ms = ms_since(t);
+}
+
+}  // namespace xcam

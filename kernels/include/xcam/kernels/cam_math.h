@@ -1,0 +1,69 @@
+// Per-element math shared by the CPU kernels and their CUDA twins, so that each
+// formula exists once. Everything here is inline and host/device callable.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define XCAM_HD __host__ __device__ __forceinline__
+#else
+#define XCAM_HD inline
+#endif
+
+namespace xcam::kernels {
+
+// Epsilon of the per-sample min-max normalisation (SPEC section 1.5).
+constexpr float kNormEps = 1e-7f;
+
+XCAM_HD float relu(float x) { return x > 0.f ? x : 0.f; }
+
+// (x - lo) / (hi - lo + eps): a constant map becomes all zeros, never NaN.
+XCAM_HD float minmax_scale(float x, float lo, float hi) { return (x - lo) / (hi - lo + kNormEps); }
+
+// One axis of a bilinear sample: the two source indices and the weight of the
+// second. Half-pixel centres (align_corners=false, OpenCV INTER_LINEAR) or the
+// align_corners=true variant. `in` and `out` are the axis lengths.
+struct Tap1D {
+  int64_t i0, i1;
+  float t;  // weight of i1
+};
+
+XCAM_HD Tap1D bilinear_tap(int64_t dst, int64_t in, int64_t out, bool align_corners) {
+  float src;
+  if (align_corners) {
+    src = out > 1 ? static_cast<float>(dst) * static_cast<float>(in - 1) / static_cast<float>(out - 1) : 0.f;
+  } else {
+    src = (static_cast<float>(dst) + 0.5f) * (static_cast<float>(in) / static_cast<float>(out)) - 0.5f;
+    if (src < 0.f) src = 0.f;
+  }
+  int64_t i0 = static_cast<int64_t>(src);  // src >= 0, so truncation is floor
+  if (i0 > in - 1) i0 = in - 1;
+  const int64_t i1 = i0 + 1 < in ? i0 + 1 : in - 1;
+  return {i0, i1, src - static_cast<float>(i0)};
+}
+
+// Value of a bilinear sample of an h x w row-major plane.
+XCAM_HD float bilinear_at(const float* plane, int64_t w, const Tap1D& ty, const Tap1D& tx) {
+  const float* r0 = plane + ty.i0 * w;
+  const float* r1 = plane + ty.i1 * w;
+  const float top = r0[tx.i0] + tx.t * (r0[tx.i1] - r0[tx.i0]);
+  const float bot = r1[tx.i0] + tx.t * (r1[tx.i1] - r1[tx.i0]);
+  return top + ty.t * (bot - top);
+}
+
+// Colormap index of a map value in [0, 1]: truncation of 255 * v, as the
+// reference renderer does (np.uint8(255 * mask)); out-of-range values clamp.
+XCAM_HD int colormap_index(float v) {
+  float s = 255.f * v;
+  s = s < 0.f ? 0.f : (s > 255.f ? 255.f : s);
+  return static_cast<int>(s);
+}
+
+// Alpha blend of one colour channel, computed in float and rounded once.
+XCAM_HD uint8_t blend_channel(uint8_t heat, uint8_t image, float image_weight) {
+  const float v = (1.f - image_weight) * static_cast<float>(heat) + image_weight * static_cast<float>(image);
+  const float r = v + 0.5f;
+  return static_cast<uint8_t>(r > 255.f ? 255.f : r);
+}
+
+}  // namespace xcam::kernels
