@@ -223,12 +223,17 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& patterns,
         if (!line.empty() && line[0] != '#') out.push_back(resolve(list_dir, line));
     } else {
       glob_t g{};
-      const int rc = ::glob(p.c_str(), GLOB_ERR, nullptr, &g);
-      if (rc == GLOB_ABORTED) {
+      const int rc = ::glob(p.c_str(), 0, nullptr, &g);
+      if (rc != 0 || g.gl_pathc == 0) {
         globfree(&g);
-        XCAM_THROW("input '{}': a directory on the way cannot be read (permissions?)", p);
+        // Say why: the directory part is missing or unreadable, or nothing matched.
+        const fs::path dir = fs::path(p).parent_path();
+        XCAM_CHECK(dir.empty() || fs::is_directory(dir, ec), "input '{}' matches no file: directory '{}' does not exist",
+                   p, dir.string());
+        XCAM_CHECK(dir.empty() || ::access(dir.c_str(), R_OK | X_OK) == 0,
+                   "input '{}': directory '{}' cannot be read (permissions?)", p, dir.string());
+        XCAM_THROW("input '{}' matches no file", p);
       }
-      XCAM_CHECK(rc == 0 && g.gl_pathc > 0, "input '{}' matches no file", p);
       std::vector<std::string> here(g.gl_pathv, g.gl_pathv + g.gl_pathc);
       globfree(&g);
       std::sort(here.begin(), here.end());

@@ -44,7 +44,10 @@ std::vector<std::string> read_labels(const std::string& file) {
 // The plugin's last error, captured from its log, for the refusal message.
 std::string g_last_plugin_error;  // NOLINT: written only during create()
 void capture_log(const XcamHost* host, int level, const char* msg) {
-  if (level >= 3 && msg) g_last_plugin_error = msg;
+  if (level >= 3 && msg) {
+    g_last_plugin_error = msg;  // reported in the refusal, not twice
+    return;
+  }
   plugin_host()->log(host, level, msg);
 }
 
@@ -98,6 +101,7 @@ Explainer::Explainer(ExplainerOptions options) : impl_(new Impl) {
   XCAM_CHECK(raw != nullptr, "plugin '{}' refused its options {}: {}", m.library->file(), m.opt.plugin_options,
              g_last_plugin_error.empty() ? "(no reason given)" : g_last_plugin_error);
   m.plugin = std::unique_ptr<ArchPlugin, void (*)(ArchPlugin*)>(raw, d.destroy);
+  m.host.log = plugin_host()->log;  // from now on the plugin's errors go to the log
 
   m.model = Model::load(m.opt.model, m.opt.device);
   m.pre = m.plugin->preprocess();

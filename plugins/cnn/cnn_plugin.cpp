@@ -2,8 +2,11 @@
 // B x K x h x w at the taps. Targets are classes: top1 / topK (the K best, in
 // one forward), a class index, or a class name from the labels file.
 //
-// Options (JSON): {"score": "logit" | "probability"} chooses what y is
-// (SPEC section 3); the reported score is always the softmax probability.
+// Options (JSON):
+//   "score": "logit" (default) | "probability": what y is (SPEC section 3);
+//   "activation": "softmax" (default) | "sigmoid": how logits become the
+//     probability that is reported (and used when score is "probability");
+//     sigmoid for multi-label models.
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -23,8 +26,12 @@ class CnnPlugin final : public xcam::ArchPlugin {
         score_ = value.get<std::string>();
         XCAM_CHECK(score_ == "logit" || score_ == "probability",
                    "cnn plugin option score='{}': expected 'logit' or 'probability'", score_);
+      } else if (key == "activation") {
+        activation_ = value.get<std::string>();
+        XCAM_CHECK(activation_ == "softmax" || activation_ == "sigmoid",
+                   "cnn plugin option activation='{}': expected 'softmax' or 'sigmoid'", activation_);
       } else {
-        XCAM_THROW("cnn plugin has no option '{}'; it accepts: score", key);
+        XCAM_THROW("cnn plugin has no option '{}'; it accepts: score, activation", key);
       }
     }
   }
@@ -90,7 +97,7 @@ class CnnPlugin final : public xcam::ArchPlugin {
     std::vector<int64_t> idx(static_cast<size_t>(B));
     for (int64_t b = 0; b < B; ++b) idx[b] = batch.targets[b][rank].index;
     const auto index = torch::tensor(idx, torch::kLong).to(logits.device()).unsqueeze(1);
-    const at::Tensor probs = logits.softmax(1);
+    const at::Tensor probs = activation_ == "sigmoid" ? logits.sigmoid() : logits.softmax(1);
     if (scores != nullptr) {
       const auto p = probs.detach().gather(1, index).squeeze(1).to(torch::kCPU, torch::kDouble).contiguous();
       scores->assign(p.data_ptr<double>(), p.data_ptr<double>() + B);
@@ -122,6 +129,7 @@ class CnnPlugin final : public xcam::ArchPlugin {
 
   const XcamHost* host_;
   std::string score_ = "logit";
+  std::string activation_ = "softmax";
 };
 
 }  // namespace

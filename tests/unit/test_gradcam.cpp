@@ -1,0 +1,207 @@
+// Grad-CAM end to end through the Explainer (real plugin, real models):
+// against a float64 ATen reference computed here from the same taps, and
+// against golden maps written by the peer library (tests/data/golden).
+#include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/script.h>
+
+#include "../common.h"
+#include "xcam/explainer.h"
+#include "xcam/io.h"
+#include "xcam/model.h"
+
+namespace {
+
+struct Case {
+  std::string name, model, layer;
+  int64_t size;
+  std::string golden;  // prefix in tests/data/golden
+  friend std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.name; }
+};
+
+std::string model_path(const Case& c) {
+  return c.model.rfind("zoo/", 0) == 0 ? xcam::test::source(c.model) : xcam::test::models(c.model);
+}
+
+xcam::ExplainerOptions options(const Case& c, std::vector<std::string> layers) {
+  xcam::ExplainerOptions o;
+  o.model = model_path(c);
+  o.plugin = "cnn";
+  o.plugin_dirs = {xcam::test::binary("plugins")};
+  o.layers = std::move(layers);
+  o.height = o.width = c.size;
+  return o;
+}
+
+at::Tensor to_tensor(const xcam::NpyArray& a) {
+  return torch::from_blob(const_cast<float*>(a.f32.data()), a.shape, torch::kFloat32).clone();
+}
+
+std::vector<float> flat(const at::Tensor& t) {
+  const auto c = t.to(torch::kFloat32).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+// Float64 Grad-CAM of SPEC sections 1-2 from activations and gradients.
+at::Tensor reference_lowres(const at::Tensor& A, const at::Tensor& g) {
+  const auto a = A.to(torch::kDouble), gd = g.to(torch::kDouble);
+  auto cam = (gd.mean({2, 3}, true) * a).sum(1).relu();
+  const auto lo = std::get<0>(cam.flatten(1).min(1)).view({-1, 1, 1});
+  const auto hi = std::get<0>(cam.flatten(1).max(1)).view({-1, 1, 1});
+  return (cam - lo) / (hi - lo + 1e-7);
+}
+
+at::Tensor resize(const at::Tensor& maps, int64_t H, int64_t W) {
+  return at::upsample_bilinear2d(maps.unsqueeze(1), {H, W}, false).squeeze(1);
+}
+
+class GradCam : public ::testing::TestWithParam<Case> {
+ protected:
+  xcam::NpyArray load(const std::string& suffix) {
+    const auto path = xcam::test::data("golden/" + GetParam().golden + "_" + suffix + ".npy");
+    return xcam::read_npy(path);
+  }
+};
+
+TEST_P(GradCam, MatchesFloat64Reference) {
+  const Case& c = GetParam();
+  const auto input = load("input");
+  const auto targets = load("targets");
+  const int64_t B = input.shape[0];
+  xcam::Explainer ex(options(c, {c.layer}));
+  std::vector<std::string> ids;
+  std::vector<std::vector<std::string>> req;
+  for (int64_t b = 0; b < B; ++b) {
+    ids.push_back("s" + std::to_string(b));
+    req.push_back({std::to_string(targets.i64[b])});
+  }
+  const auto maps = ex.explain_preprocessed(input.f32, B, ids, req);
+  ASSERT_EQ(static_cast<int64_t>(maps.size()), B);
+
+  // Reference: same taps, float64 math.
+  xcam::Model m = xcam::Model::load(model_path(c));
+  xcam::TappedForward tf(m, {c.layer});
+  const auto x = to_tensor(input);
+  const auto r = tf.run({x});
+  const auto logits = r.output.toTensor();
+  const auto idx = torch::tensor(targets.i64, torch::kLong).unsqueeze(1);
+  const auto g = torch::autograd::grad({logits.gather(1, idx).sum()}, {r.taps[0]})[0];
+  const auto low_ref = reference_lowres(r.taps[0].detach(), g);
+  const auto map_ref = resize(low_ref, c.size, c.size);
+
+  const auto low = torch::from_blob(const_cast<float*>(ex.last_lowres()[0].per_rank[0].data()), low_ref.sizes(),
+                                    torch::kFloat32);
+  EXPECT_LT((low.to(torch::kDouble) - low_ref).abs().max().item<double>(), 1e-5);
+  for (int64_t b = 0; b < B; ++b) {
+    EXPECT_EQ(maps[b].target_index, targets.i64[b]);
+    const auto mb = torch::from_blob(const_cast<float*>(maps[b].map.data()), {c.size, c.size}, torch::kFloat32);
+    const double err = (mb.to(torch::kDouble) - map_ref[b]).abs().max().item<double>();
+    EXPECT_LT(err, 1e-5) << "sample " << b;
+    EXPECT_GT(map_ref[b].max().item<double>(), 0.99);  // not a degenerate map
+  }
+}
+
+TEST_P(GradCam, MatchesPeerGoldens) {
+  const Case& c = GetParam();
+  const auto input = load("input");
+  const auto targets = load("targets");
+  const auto peer_low = load(c.layer + "_lowres");
+  const auto peer_map = load(c.layer + "_map");
+  const int64_t B = input.shape[0];
+  xcam::Explainer ex(options(c, {c.layer}));
+  std::vector<std::string> ids;
+  std::vector<std::vector<std::string>> req;
+  for (int64_t b = 0; b < B; ++b) {
+    ids.push_back("s" + std::to_string(b));
+    req.push_back({std::to_string(targets.i64[b])});
+  }
+  const auto maps = ex.explain_preprocessed(input.f32, B, ids, req);
+  const auto& low = ex.last_lowres()[0].per_rank[0];
+  ASSERT_EQ(low.size(), peer_low.f32.size());
+  double low_err = 0, map_err = 0;
+  for (size_t i = 0; i < low.size(); ++i) low_err = std::max(low_err, std::abs(double(low[i]) - peer_low.f32[i]));
+  for (int64_t b = 0; b < B; ++b)
+    for (size_t i = 0; i < maps[b].map.size(); ++i)
+      map_err = std::max(map_err, std::abs(double(maps[b].map[i]) - peer_map.f32[b * maps[b].map.size() + i]));
+  EXPECT_LT(low_err, 1e-4);  // SPEC section 2: low-resolution map
+  EXPECT_LT(map_err, 1e-3);  // resized map
+}
+
+const Case kCases[] = {
+    {"shapes_traced", "zoo/models/shapes_cnn_traced.pt", "block4", 128, "shapes"},
+    {"shapes_scripted", "zoo/models/shapes_cnn_scripted.pt", "block4", 128, "shapes"},
+    {"resnet18_traced", "resnet18_traced.pt", "layer4", 224, "resnet18"},
+    {"resnet18_scripted", "resnet18_scripted.pt", "layer4", 224, "resnet18"},
+};
+INSTANTIATE_TEST_SUITE_P(Models, GradCam, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(GradCamLayers, TwoLayersMatchPeerAggregation) {
+  const Case c = kCases[1];
+  const auto input = xcam::read_npy(xcam::test::data("golden/shapes_input.npy"));
+  const auto targets = xcam::read_npy(xcam::test::data("golden/shapes_targets.npy"));
+  const auto peer = xcam::read_npy(xcam::test::data("golden/shapes_block3+block4_map.npy"));
+  xcam::Explainer ex(options(c, {"block3", "block4"}));
+  const int64_t B = input.shape[0];
+  std::vector<std::string> ids;
+  std::vector<std::vector<std::string>> req;
+  for (int64_t b = 0; b < B; ++b) {
+    ids.push_back("s" + std::to_string(b));
+    req.push_back({std::to_string(targets.i64[b])});
+  }
+  const auto maps = ex.explain_preprocessed(input.f32, B, ids, req);
+  double err = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (size_t i = 0; i < maps[b].map.size(); ++i)
+      err = std::max(err, std::abs(double(maps[b].map[i]) - peer.f32[b * maps[b].map.size() + i]));
+  EXPECT_LT(err, 1e-3);
+}
+
+TEST(GradCamTargets, TopKInOneForwardEqualsSingleTargets) {
+  const Case c = kCases[0];
+  const auto input = xcam::read_npy(xcam::test::data("golden/shapes_input.npy"));
+  const int64_t B = input.shape[0];
+  std::vector<std::string> ids;
+  for (int64_t b = 0; b < B; ++b) ids.push_back("s" + std::to_string(b));
+  auto o = options(c, {"block4"});
+  o.targets = {"top3"};
+  xcam::Explainer ex(o);
+  const auto top = ex.explain_preprocessed(input.f32, B, ids);
+  ASSERT_EQ(static_cast<int64_t>(top.size()), 3 * B);
+  for (const auto& m : top) {
+    auto single_opt = options(c, {"block4"});
+    xcam::Explainer single(single_opt);
+    const int64_t b = std::stoll(m.image_id.substr(1));
+    std::vector<float> one(input.f32.begin() + b * 3 * 128 * 128, input.f32.begin() + (b + 1) * 3 * 128 * 128);
+    const auto s = single.explain_preprocessed(one, 1, {m.image_id}, {{std::to_string(m.target_index)}});
+    double err = 0;
+    for (size_t i = 0; i < m.map.size(); ++i) err = std::max(err, std::abs(double(m.map[i]) - s[0].map[i]));
+    EXPECT_LT(err, 1e-5) << m.image_id << " rank " << m.rank;
+    EXPECT_NEAR(m.score, s[0].score, 1e-6);
+  }
+  // Ranks are in decreasing score order.
+  for (int64_t b = 0; b < B; ++b) {
+    EXPECT_GE(top[b].score, top[B + b].score);
+    EXPECT_GE(top[B + b].score, top[2 * B + b].score);
+  }
+}
+
+TEST(GradCamTargets, UnknownClassNameAndOutOfRangeIndexAreRefused) {
+  auto o = options(kCases[0], {"block4"});
+  o.labels_file = xcam::test::source("zoo/models/shapes_labels.txt");
+  xcam::Explainer ex(o);
+  const auto input = xcam::read_npy(xcam::test::data("golden/shapes_input.npy"));
+  std::vector<float> one(input.f32.begin(), input.f32.begin() + 3 * 128 * 128);
+  try {
+    ex.explain_preprocessed(one, 1, {"a"}, {{"hexagon"}});
+    FAIL();
+  } catch (const xcam::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("target 'hexagon' is not a class name"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(ex.explain_preprocessed(one, 1, {"a"}, {{"17"}}), xcam::Error);
+  const auto by_name = ex.explain_preprocessed(one, 1, {"a"}, {{"square"}});
+  EXPECT_EQ(by_name[0].target_index, 1);
+  EXPECT_EQ(by_name[0].target_label, "square");
+}
+
+}  // namespace

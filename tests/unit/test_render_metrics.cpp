@@ -1,0 +1,184 @@
+// Rendering, metrics, .npy and YAML validation: numbers against independent
+// computations, and bad input against the errors users should see.
+#include <gtest/gtest.h>
+
+#include <opencv2/imgproc.hpp>
+
+#include <random>
+
+#include "../common.h"
+#include "xcam/error.h"
+#include "xcam/experiment.h"
+#include "xcam/io.h"
+#include "xcam/metrics.h"
+#include "xcam/render.h"
+
+namespace {
+
+std::vector<float> random_map(int h, int w, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  std::vector<float> m(static_cast<size_t>(h) * w);
+  for (auto& v : m) v = u(rng);
+  return m;
+}
+
+cv::Mat random_image(int h, int w, unsigned seed) {
+  cv::Mat im(h, w, CV_8UC3);
+  cv::randu(im, cv::Scalar::all(0), cv::Scalar::all(256));
+  (void)seed;
+  return im;
+}
+
+// The overlay as the peer renderer computes it (OpenCV colormap of the
+// truncated 8-bit map, BGR -> RGB, float blend), but rounded instead of
+// truncated (SPEC section 4).
+TEST(Render, OverlayMatchesIndependentComputation) {
+  for (float alpha : {0.5f, 0.3f, 0.f}) {
+    const int h = 37, w = 53;
+    const auto map = random_map(h, w, 5);
+    const cv::Mat img = random_image(h, w, 6);
+    const auto r = xcam::render_overlay(img, map, alpha, xcam::Colormap::jet);
+    cv::Mat m8(h, w, CV_8UC1);
+    for (int i = 0; i < h * w; ++i) m8.data[i] = static_cast<uint8_t>(255.f * map[i]);
+    cv::Mat heat_bgr, heat;
+    cv::applyColorMap(m8, heat_bgr, cv::COLORMAP_JET);
+    cv::cvtColor(heat_bgr, heat, cv::COLOR_BGR2RGB);
+    int worst = 0;
+    for (int i = 0; i < h * w * 3; ++i) {
+      const float v = (1.f - alpha) * heat.data[i] + alpha * img.data[i];  // in float, as SPEC says
+      const int expected = static_cast<int>(std::floor(v + 0.5f));
+      worst = std::max(worst, std::abs(expected - r.overlay.data[i]));
+      ASSERT_EQ(heat.data[i], r.heat.data[i]) << "pixel " << i / 3;
+    }
+    EXPECT_EQ(worst, 0) << "alpha " << alpha;
+  }
+  EXPECT_THROW(xcam::parse_colormap("rainbow"), xcam::Error);
+}
+
+TEST(Render, MapResizeMatchesOpenCvInterLinear) {
+  const auto map = random_map(16, 16, 9);
+  const cv::Mat img(100, 75, CV_8UC3, cv::Scalar::all(0));
+  const auto out = xcam::map_at_image_size(map, 16, 16, img);
+  cv::Mat src(16, 16, CV_32FC1, const_cast<float*>(map.data())), ref;
+  cv::resize(src, ref, cv::Size(75, 100), 0, 0, cv::INTER_LINEAR);
+  double err = 0;
+  for (int i = 0; i < 100 * 75; ++i) err = std::max(err, double(std::abs(out[i] - ref.at<float>(i / 75, i % 75))));
+  EXPECT_LT(err, 1e-4);
+}
+
+TEST(Metrics, PointingGameToleranceScalesWithSmallImages) {
+  EXPECT_DOUBLE_EQ(xcam::pointing_tolerance(224, 300), 15.0);
+  EXPECT_NEAR(xcam::pointing_tolerance(128, 128), 15.0 * 128 / 224, 1e-12);
+  const int H = 128, W = 128;
+  const std::vector<xcam::Box> box{{"circle", 40, 40, 60, 60}};
+  for (int dx : {0, 8, 9, -30}) {
+    std::vector<float> map(H * W, 0.f);
+    const int px = 59 + dx, py = 50;  // x1 exclusive: last pixel column is 59
+    map[py * W + px] = 1.f;
+    const auto r = xcam::pointing_game(map.data(), H, W, box);
+    EXPECT_EQ(r.peak_x, px);
+    EXPECT_EQ(r.hit, dx >= 0 && dx <= 8) << "dx " << dx;  // tolerance 8.57 px
+  }
+  std::vector<float> uniform(H * W, 1.f);
+  EXPECT_NEAR(xcam::pointing_game(uniform.data(), H, W, box).energy, 400.0 / (128 * 128), 1e-12);
+  EXPECT_FALSE(xcam::centre_point_hit(H, W, {{"x", 80, 80, 100, 100}}));
+  EXPECT_TRUE(xcam::centre_point_hit(H, W, {{"x", 60, 60, 70, 70}}));
+}
+
+TEST(Metrics, ScoreIsMeanOverClasses) {
+  xcam::PointingGame pg;
+  pg.add("a", true);
+  pg.add("a", true);
+  pg.add("a", true);
+  pg.add("a", false);
+  pg.add("b", false);
+  EXPECT_DOUBLE_EQ(pg.score(), (0.75 + 0.0) / 2);
+  EXPECT_EQ(pg.total(), 5);
+}
+
+TEST(Metrics, BoxesFileErrorsNameTheEntry) {
+  xcam::test::TempDir tmp("boxes");
+  std::ofstream(tmp / "b.json") << R"({"images": {"x.png": [{"label": "cat", "box": [1, 2, 3]}]}})";
+  try {
+    xcam::read_boxes(tmp / "b.json");
+    FAIL();
+  } catch (const xcam::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'x.png'"), std::string::npos) << e.what();
+  }
+  const auto boxes = xcam::read_boxes(xcam::test::source("zoo/data/shapes/boxes.json"));
+  EXPECT_EQ(boxes.size(), 48u);
+}
+
+TEST(Io, NpyRoundTripAndPeerFiles) {
+  xcam::test::TempDir tmp("npy");
+  const auto map = random_map(7, 9, 3);
+  xcam::write_npy(tmp / "m.npy", {7, 9}, map.data());
+  const auto back = xcam::read_npy(tmp / "m.npy");
+  EXPECT_EQ(back.shape, (std::vector<int64_t>{7, 9}));
+  EXPECT_EQ(back.f32, map);
+  // A file numpy wrote: int64 targets of the golden set.
+  const auto t = xcam::read_npy(xcam::test::data("golden/shapes_targets.npy"));
+  EXPECT_EQ(t.shape.size(), 1u);
+  EXPECT_FALSE(t.i64.empty());
+}
+
+// -------------------------------------------------------------- YAML ----
+
+std::string write_yaml(const xcam::test::TempDir& tmp, const std::string& text) {
+  const auto p = tmp / "exp.yaml";
+  std::ofstream(p) << text;
+  return p;
+}
+
+std::string error_of(const std::string& path) {
+  try {
+    xcam::load_experiment(path);
+  } catch (const xcam::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Yaml, UnknownKeyNamesLineAndSuggestion) {
+  xcam::test::TempDir tmp("yaml");
+  const std::string models = xcam::test::source("zoo/models");
+  const std::string images = xcam::test::source("zoo/data/shapes");
+  const auto msg = error_of(write_yaml(tmp, "model: " + models + "/shapes_cnn_traced.pt\ninputs: " + images +
+                                                "\nlayer: block4\n"));
+  EXPECT_NE(msg.find("exp.yaml:3:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("unknown key 'layer'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean 'layers'"), std::string::npos) << msg;
+
+  const auto nested = error_of(write_yaml(tmp, "model: m.pt\ninputs: " + images +
+                                                   "\noutputs:\n  dir: x\n  colourmap: jet\n"));
+  EXPECT_NE(nested.find(":5:"), std::string::npos) << nested;
+  EXPECT_NE(nested.find("did you mean 'colormap'"), std::string::npos) << nested;
+}
+
+TEST(Yaml, SyntaxTypesAndMissingThings) {
+  xcam::test::TempDir tmp("yaml");
+  const std::string images = xcam::test::source("zoo/data/shapes");
+  EXPECT_NE(error_of(write_yaml(tmp, "model: [unclosed\n")).find("invalid YAML"), std::string::npos);
+  EXPECT_NE(error_of(write_yaml(tmp, "inputs: " + images + "\n")).find("missing key 'model'"), std::string::npos);
+  EXPECT_NE(error_of(write_yaml(tmp, "model: m.pt\ninputs: " + images + "\nbatch_size: many\n"))
+                .find("exp.yaml:3: key 'batch_size' must be a positive integer"),
+            std::string::npos);
+  EXPECT_NE(error_of(write_yaml(tmp, "model: m.pt\ninputs: nothing/*.png\n")).find("matches no file"),
+            std::string::npos);
+  EXPECT_NE(error_of(write_yaml(tmp, "model: m.pt\ninputs: " + images + "\ntargets: annotated\n"))
+                .find("needs inputs.boxes"),
+            std::string::npos);
+  EXPECT_NE(error_of(write_yaml(tmp, "model: m.pt\ninputs: " + images + "\nmethods: [gradkam]\n"))
+                .find("method 'gradkam' is not available"),
+            std::string::npos);
+}
+
+TEST(Yaml, ShippedConfigsParse) {
+  const auto cfg = xcam::load_experiment(xcam::test::source("configs/shapes_demo.yaml"));
+  EXPECT_EQ(cfg.images.size(), 48u);
+  EXPECT_FALSE(cfg.boxes.empty());
+  EXPECT_EQ(cfg.explainer.height, 128);
+}
+
+}  // namespace
