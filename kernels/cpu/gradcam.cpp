@@ -63,7 +63,7 @@ void gradcam_cpu(const float* activations, const float* gradients, CamShape s, i
       for (int64_t i = 0; i < hw; ++i) dst[i] += p[i];
       any_bad = any_bad || bad[b * chunks + c];
     }
-    // relu() maps NaN to 0, so look for non-finite values before it.
+    // relu() would turn -Inf into 0: look for non-finite values before it.
     for (int64_t i = 0; i < hw && !any_bad; ++i) any_bad = !std::isfinite(dst[i]);
 #pragma omp simd
     for (int64_t i = 0; i < hw; ++i) dst[i] = relu(dst[i]);

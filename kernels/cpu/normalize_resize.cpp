@@ -73,7 +73,7 @@ void aggregate_layers_cpu(const float* const* maps, const int64_t* hs, const int
       for (int64_t x = 0; x < out_w; ++x) {
         float sum = 0.f;
         for (int64_t l = 0; l < layers; ++l)
-          sum += relu(bilinear_at(maps[l] + b * hs[l] * ws[l], ws[l], ty[l][y], tx[l][x]));
+          sum += relu_keep_nan(bilinear_at(maps[l] + b * hs[l] * ws[l], ws[l], ty[l][y], tx[l][x]));
         row[x] = sum * inv;
       }
     }

@@ -15,7 +15,11 @@ namespace xcam::kernels {
 // Epsilon of the per-sample min-max normalisation (SPEC section 1.5).
 constexpr float kNormEps = 1e-7f;
 
+// max(x, 0); NaN maps to 0, so callers that must report NaN check first.
 XCAM_HD float relu(float x) { return x > 0.f ? x : 0.f; }
+
+// max(x, 0) that keeps NaN, for sums whose NaN the normaliser must see.
+XCAM_HD float relu_keep_nan(float x) { return x < 0.f ? 0.f : x; }
 
 // (x - lo) / (hi - lo + eps): a constant map becomes all zeros, never NaN.
 XCAM_HD float minmax_scale(float x, float lo, float hi) { return (x - lo) / (hi - lo + kNormEps); }
@@ -52,11 +56,11 @@ XCAM_HD float bilinear_at(const float* plane, int64_t w, const Tap1D& ty, const 
 }
 
 // Colormap index of a map value in [0, 1]: truncation of 255 * v, as the
-// reference renderer does (np.uint8(255 * mask)); out-of-range values clamp.
+// reference renderer does (np.uint8(255 * mask)); out-of-range values clamp
+// and NaN maps to 0 (it fails both comparisons), never outside the table.
 XCAM_HD int colormap_index(float v) {
-  float s = 255.f * v;
-  s = s < 0.f ? 0.f : (s > 255.f ? 255.f : s);
-  return static_cast<int>(s);
+  const float s = 255.f * v;
+  return s > 0.f ? (s < 255.f ? static_cast<int>(s) : 255) : 0;
 }
 
 // Alpha blend of one colour channel, computed in float and rounded once.
