@@ -1,6 +1,5 @@
 // The xcam command-line tool: explain, run, layers, plugins, bench.
 #include <CLI/CLI.hpp>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
@@ -119,7 +118,6 @@ int main(int argc, char** argv) {
   bench->add_flag("--json", as_json, "Print one JSON object on the last line");
 
   CLI11_PARSE(app, argc, argv);
-  spdlog::set_pattern("xcam: %l: %v");
 
   try {
     if (*explain) {

@@ -1,11 +1,13 @@
 // The explanation runtime: forward with taps, targets, gradients w.r.t. the
 // taps only, and the fused map kernels.
 #include <omp.h>
-#include <spdlog/spdlog.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
+#include <torch/version.h>
 
 #include <chrono>
 #include <fstream>
@@ -14,8 +16,8 @@
 
 #include "xcam/error.h"
 #include "xcam/explainer.h"
-#include "xcam/kernels/gradcam.h"
-#include "xcam/kernels/normalize_resize.h"
+#include "xcam/kernels/dispatch.h"
+#include "xcam/kernels/types.h"
 #include "xcam/model.h"
 #include "xcam/plugin.h"
 #include "xcam/plugin_loader.h"
@@ -206,29 +208,18 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
     times->backward_ms += ms_since(t);
 
     t = Clock::now();
-    std::vector<std::vector<float>> low(L);
-    std::vector<int64_t> hs(L), ws(L);
-    std::vector<float> maps(static_cast<size_t>(B * H * W));
-    std::vector<std::vector<uint8_t>> status(L, std::vector<uint8_t>(static_cast<size_t>(B), 0));
+    std::vector<at::Tensor> low(L), status(L);
+    at::Tensor maps;
     for (size_t l = 0; l < L; ++l) {
-      at::Tensor a = plugin->to_grid(layers[l], fwd.taps[l].detach(), batch);
-      at::Tensor g = grads[l].defined() ? plugin->to_grid(layers[l], grads[l], batch) : torch::zeros_like(a);
-      a = a.to(torch::kCPU, torch::kFloat32).contiguous();
-      g = g.to(torch::kCPU, torch::kFloat32).contiguous();
-      const kernels::CamShape s{a.size(0), a.size(1), a.size(2), a.size(3)};
-      hs[l] = s.height;
-      ws[l] = s.width;
-      low[l].resize(static_cast<size_t>(B * s.height * s.width));
-      kernels::gradcam_cpu(a.data_ptr<float>(), g.data_ptr<float>(), s, H, W, low[l].data(), maps.data(),
-                           status[l].data());
+      const at::Tensor a = plugin->to_grid(layers[l], fwd.taps[l].detach(), batch);
+      const at::Tensor g = grads[l].defined() ? plugin->to_grid(layers[l], grads[l], batch) : torch::zeros_like(a);
+      auto out = kernels::gradcam(a, g, H, W);
+      low[l] = out.lowres.cpu();
+      status[l] = out.status;
+      maps = out.map;
     }
-    std::vector<uint8_t> agg_status(static_cast<size_t>(B), 0);
-    if (L > 1) {
-      std::vector<const float*> ptrs(L);
-      for (size_t l = 0; l < L; ++l) ptrs[l] = low[l].data();
-      kernels::aggregate_layers_cpu(ptrs.data(), hs.data(), ws.data(), static_cast<int64_t>(L), B, H, W,
-                                    maps.data(), agg_status.data());
-    }
+    if (L > 1) maps = kernels::aggregate_layers(low, H, W).map;
+    maps = maps.cpu().contiguous();
     times->cam_ms += ms_since(t);
 
     for (int64_t b = 0; b < B; ++b) {
@@ -242,13 +233,15 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
       m.score = b < static_cast<int64_t>(scores.size()) ? scores[b] : y[b].item<double>();
       m.height = H;
       m.width = W;
-      m.map.assign(maps.begin() + b * H * W, maps.begin() + (b + 1) * H * W);
+      const float* mp = maps.data_ptr<float>() + b * H * W;
+      m.map.assign(mp, mp + H * W);
       for (size_t l = 0; l < L; ++l) {
-        if (status[l][b] & kernels::kCamNonFinite)
+        const uint8_t st = status[l].data_ptr<uint8_t>()[b];
+        if (st & kernels::kCamNonFinite)
           m.warnings.push_back(fmt::format("NaN or Inf in the activations or gradients of layer '{}': its map is "
                                            "all zeros",
                                            layers[l]));
-        else if (status[l][b] & kernels::kCamConstant)
+        else if (st & kernels::kCamConstant)
           m.warnings.push_back(fmt::format("map of layer '{}' is constant (zero gradients or an all-negative "
                                            "weighted sum): written as zeros; try an earlier layer",
                                            layers[l]));
@@ -256,9 +249,10 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
       results.push_back(std::move(m));
     }
     for (size_t l = 0; l < L; ++l) {
-      lowres[l].height = hs[l];
-      lowres[l].width = ws[l];
-      lowres[l].per_rank.push_back(std::move(low[l]));
+      lowres[l].height = low[l].size(1);
+      lowres[l].width = low[l].size(2);
+      const auto c = low[l].contiguous();
+      lowres[l].per_rank.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
     }
   }
   return results;

@@ -1,9 +1,8 @@
-// Plugin discovery and the checks of plugin_abi.h. Deliberately free of
-// LibTorch headers but torch/version.h, so it compiles fast.
+// Plugin discovery and the checks of plugin_abi.h. Free of LibTorch headers
+// but torch/version.h, so it compiles fast.
 #include "xcam/plugin_loader.h"
 
 #include <dlfcn.h>
-#include <spdlog/spdlog.h>
 #include <torch/version.h>
 #include <unistd.h>
 
@@ -11,6 +10,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <set>
@@ -35,12 +35,12 @@ std::string name_from_file(const std::string& file) {
   return stem;
 }
 
+// Plugin messages go to stderr, prefixed like every xcam message; debug
+// messages only with XCAM_DEBUG set.
 void host_log(const XcamHost*, int level, const char* msg) {
-  const auto lvl = level <= 0 ? spdlog::level::debug
-                   : level == 1 ? spdlog::level::info
-                   : level == 2 ? spdlog::level::warn
-                                : spdlog::level::err;
-  spdlog::log(lvl, "{}", msg ? msg : "");
+  if (level <= 0 && std::getenv("XCAM_DEBUG") == nullptr) return;
+  static const char* const names[] = {"debug", "info", "warning", "error"};
+  std::fprintf(stderr, "xcam: %s: %s\n", names[std::min(std::max(level, 0), 3)], msg ? msg : "");
 }
 
 const XcamHost kHost{sizeof(XcamHost), XCAM_PLUGIN_ABI_MINOR, &host_log, nullptr};

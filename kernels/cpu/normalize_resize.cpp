@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "xcam/kernels/cam_math.h"
-#include "xcam/kernels/gradcam.h"
 
 namespace xcam::kernels {
 
@@ -56,6 +55,12 @@ void resize_bilinear_cpu(const float* in, int64_t batch, int64_t h, int64_t w, f
       for (int64_t x = 0; x < out_w; ++x) row[x] = bilinear_at(plane, w, ty[y], tx[x]);
     }
   }
+}
+
+void normalize_resize_cpu(float* cam, int64_t batch, int64_t h, int64_t w, float* out, int64_t out_h,
+                          int64_t out_w, uint8_t* status) {
+  minmax_normalize_cpu(cam, batch, h * w, status);
+  resize_bilinear_cpu(cam, batch, h, w, out, out_h, out_w, /*align_corners=*/false);
 }
 
 void aggregate_layers_cpu(const float* const* maps, const int64_t* hs, const int64_t* ws, int64_t layers,

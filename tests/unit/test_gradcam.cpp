@@ -6,6 +6,7 @@
 #include <torch/script.h>
 
 #include "../common.h"
+#include "xcam/error.h"
 #include "xcam/explainer.h"
 #include "xcam/io.h"
 #include "xcam/model.h"
@@ -35,11 +36,6 @@ xcam::ExplainerOptions options(const Case& c, std::vector<std::string> layers) {
 
 at::Tensor to_tensor(const xcam::NpyArray& a) {
   return torch::from_blob(const_cast<float*>(a.f32.data()), a.shape, torch::kFloat32).clone();
-}
-
-std::vector<float> flat(const at::Tensor& t) {
-  const auto c = t.to(torch::kFloat32).contiguous();
-  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
 }
 
 // Float64 Grad-CAM of SPEC sections 1-2 from activations and gradients.

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+
+#include "xcam/kernels/types.h"
 
 #if defined(__CUDACC__)
 #define XCAM_HD __host__ __device__ __forceinline__
@@ -11,6 +14,34 @@
 #endif
 
 namespace xcam::kernels {
+
+// ------------------------------------------------------------ loading ----
+
+XCAM_HD float bits_to_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
+XCAM_HD float to_float(float x) { return x; }
+XCAM_HD float to_float(bf16_t x) { return bits_to_float(static_cast<uint32_t>(x.bits) << 16); }
+XCAM_HD float to_float(f16_t x) {
+  const uint32_t sign = static_cast<uint32_t>(x.bits & 0x8000u) << 16;
+  const uint32_t exp = (x.bits >> 10) & 0x1fu;
+  const uint32_t mant = x.bits & 0x3ffu;
+  if (exp == 0) {  // zero or subnormal: mant * 2^-24
+    const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+  }
+  if (exp == 31) return bits_to_float(sign | 0x7f800000u | (mant << 13));  // Inf / NaN
+  return bits_to_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+// ----------------------------------------------------------------- math ----
 
 // Epsilon of the per-sample min-max normalisation (SPEC section 1.5).
 constexpr float kNormEps = 1e-7f;
@@ -54,6 +85,21 @@ XCAM_HD float bilinear_at(const float* plane, int64_t w, const Tap1D& ty, const 
   const float bot = r1[tx.i0] + tx.t * (r1[tx.i1] - r1[tx.i0]);
   return top + ty.t * (bot - top);
 }
+
+// Grad-CAM++ coefficient (SPEC section 2): a = g^2 / (2 g^2 + (sum_s A) g^3
+// + 1e-6), 0 where g == 0; the weight sums relu(g) * a over space.
+XCAM_HD float gradcampp_term(float g, float sum_a) {
+  if (g == 0.f) return 0.f;
+  const float g2 = g * g;
+  const float alpha = g2 / (2.f * g2 + sum_a * g2 * g + 1e-6f);
+  return relu(g) * alpha;
+}
+
+// XGradCAM weight from its two spatial sums: sum_s(g A) / (sum_s A + 1e-7).
+XCAM_HD float xgradcam_weight(float sum_ga, float sum_a) { return sum_ga / (sum_a + 1e-7f); }
+
+// Score-CAM mask normalisation epsilon (per channel, after upsampling).
+constexpr float kMaskEps = 1e-8f;
 
 // Colormap index of a map value in [0, 1]: truncation of 255 * v, as the
 // reference renderer does (np.uint8(255 * mask)); out-of-range values clamp
