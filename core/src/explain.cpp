@@ -21,6 +21,7 @@
 #include "xcam/model.h"
 #include "xcam/plugin.h"
 #include "xcam/plugin_loader.h"
+#include "methods.h"
 
 namespace xcam {
 
@@ -56,8 +57,12 @@ void capture_log(const XcamHost* host, int level, const char* msg) {
 }  // namespace
 
 const std::vector<std::string>& available_methods() {
-  static const std::vector<std::string> methods{"gradcam"};
-  return methods;
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n;
+    for (const auto& m : methods::all()) n.push_back(m.name);
+    return n;
+  }();
+  return names;
 }
 
 void set_threads(int threads) {
@@ -77,6 +82,11 @@ struct Explainer::Impl {
   Model model;
   std::unique_ptr<TappedForward> tapped;
   std::vector<LowRes> lowres;
+  const methods::Method* method = nullptr;
+
+  // Score-CAM's pre-normalisation map for one layer and target rank: masked
+  // inputs in chunks, one batched forward each, scores kept on the device.
+  at::Tensor scorecam(const at::Tensor& a, const Batch& batch, size_t rank);
 
   std::vector<MapResult> run(const at::Tensor& images, const std::vector<std::string>& ids,
                              const std::vector<std::vector<std::string>>& requests, StageTimes* times);
@@ -85,9 +95,8 @@ struct Explainer::Impl {
 Explainer::Explainer(ExplainerOptions options) : impl_(new Impl) {
   auto& m = *impl_;
   m.opt = std::move(options);
-  const auto& methods = available_methods();
-  XCAM_CHECK(std::find(methods.begin(), methods.end(), m.opt.method) != methods.end(),
-             "method '{}' is not available; choose one of: {}", m.opt.method, fmt::join(methods, ", "));
+  m.method = &methods::find(m.opt.method);
+  XCAM_CHECK(m.opt.score_chunk > 0, "score_chunk must be positive, got {}", m.opt.score_chunk);
   XCAM_CHECK(m.opt.device == "cpu" || (m.opt.device.rfind("cuda", 0) == 0 && torch::cuda::is_available()),
              "device '{}' is not available in this build (LibTorch {} {} CUDA); use device: cpu", m.opt.device,
              TORCH_VERSION, torch::cuda::is_available() ? "with" : "without");
@@ -171,7 +180,7 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
   auto t = Clock::now();
   plugin->prepare(model.module(), batch);
   plugin->decode(model.module(), batch);
-  auto fwd = tapped->run(batch.inputs, /*record_grad=*/true);
+  auto fwd = tapped->run(batch.inputs, /*record_grad=*/method->gradients);
   times->forward_ms = ms_since(t);
 
   TargetRequest req;
@@ -202,9 +211,10 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
     at::Tensor y = plugin->score(fwd.output, batch, r, &scores);
     XCAM_CHECK(y.dim() == 1 && y.size(0) == B, "plugin '{}' returned scores of shape {} for a batch of {}",
                opt.plugin, c10::str(y.sizes()), B);
-    const auto grads = torch::autograd::grad({y.sum()}, fwd.taps, /*grad_outputs=*/{},
-                                             /*retain_graph=*/r + 1 < ranks, /*create_graph=*/false,
-                                             /*allow_unused=*/true);
+    std::vector<at::Tensor> grads(L);
+    if (method->gradients)
+      grads = torch::autograd::grad({y.sum()}, fwd.taps, /*grad_outputs=*/{}, /*retain_graph=*/r + 1 < ranks,
+                                    /*create_graph=*/false, /*allow_unused=*/true);
     times->backward_ms += ms_since(t);
 
     t = Clock::now();
@@ -212,13 +222,24 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
     at::Tensor maps;
     for (size_t l = 0; l < L; ++l) {
       const at::Tensor a = plugin->to_grid(layers[l], fwd.taps[l].detach(), batch);
-      const at::Tensor g = grads[l].defined() ? plugin->to_grid(layers[l], grads[l], batch) : torch::zeros_like(a);
-      auto out = kernels::gradcam(a, g, H, W);
+      at::Tensor g;
+      if (method->gradients)
+        g = grads[l].defined() ? plugin->to_grid(layers[l], grads[l], batch) : torch::zeros_like(a);
+      kernels::MapOutput out;
+      if (method->name == "gradcam")
+        out = kernels::gradcam(a, g, H, W);  // the fused one-pass kernel
+      else if (method->forwards)
+        out = kernels::normalize_resize(scorecam(a, batch, r), H, W);
+      else
+        out = kernels::normalize_resize(methods::raw_map(*method, a, g), H, W);
       low[l] = out.lowres.cpu();
       status[l] = out.status;
       maps = out.map;
     }
-    if (L > 1) maps = kernels::aggregate_layers(low, H, W).map;
+    // Several layers: resize each, relu, mean, renormalise. One layer: the
+    // resized map is renormalised too (interpolation moves its extremes off
+    // 0 and 1), as the reference implementation's aggregation does.
+    maps = L > 1 ? kernels::aggregate_layers(low, H, W).map : kernels::minmax_normalize(maps);
     maps = maps.cpu().contiguous();
     times->cam_ms += ms_since(t);
 
@@ -256,6 +277,27 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
     }
   }
   return results;
+}
+
+at::Tensor Explainer::Impl::scorecam(const at::Tensor& a, const Batch& batch, size_t rank) {
+  torch::NoGradGuard no_grad;
+  const int64_t B = a.size(0), K = a.size(1);
+  auto scores = torch::empty({B, K}, a.options().dtype(torch::kFloat32));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t k0 = 0; k0 < K; k0 += opt.score_chunk) {
+      const int64_t k1 = std::min(K, k0 + opt.score_chunk);
+      Batch masked;
+      masked.images = kernels::scorecam_masks(a[b], k0, k1, batch.images[b]);
+      masked.labels = batch.labels;
+      masked.extras = batch.extras;
+      masked.targets.assign(static_cast<size_t>(k1 - k0), {batch.targets[b][rank]});
+      masked.ids.assign(static_cast<size_t>(k1 - k0), batch.ids[b]);
+      plugin->prepare(model.module(), masked);
+      const auto out = model.module().forward(masked.inputs);
+      scores[b].slice(0, k0, k1).copy_(plugin->score(out, masked, 0, nullptr));
+    }
+  }
+  return kernels::weighted_sum_relu(a, scores.softmax(1));
 }
 
 void Explainer::forward_only(const std::vector<float>& nchw, int64_t batch, StageTimes* times) {

@@ -159,6 +159,18 @@ at::Tensor elementwise_cam(const at::Tensor& activations, const at::Tensor& grad
   return cam;
 }
 
+at::Tensor minmax_normalize(const at::Tensor& maps, at::Tensor* status) {
+  TORCH_CHECK(maps.dim() >= 2 && maps.numel() > 0, "maps must be B x ..., got ", maps.sizes());
+  auto out = maps.to(at::kFloat).contiguous().clone();
+  const int64_t B = out.size(0), n = out.numel() / B;
+  auto st = at::empty({B}, out.options().dtype(at::kByte));
+  run(
+      out, [&] { minmax_normalize_cpu(out.data_ptr<float>(), B, n, st.data_ptr<uint8_t>()); },
+      [&](const CudaContext& ctx) { minmax_normalize_cuda(out.data_ptr<float>(), B, n, st.data_ptr<uint8_t>(), ctx); });
+  if (status) *status = st.cpu();
+  return out;
+}
+
 MapOutput normalize_resize(const at::Tensor& cam, int64_t out_h, int64_t out_w) {
   TORCH_CHECK(cam.dim() == 3 && cam.numel() > 0, "map must be B x h x w, got ", cam.sizes());
   check_size(out_h, out_w);

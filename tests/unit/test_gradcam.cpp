@@ -47,8 +47,13 @@ at::Tensor reference_lowres(const at::Tensor& A, const at::Tensor& g) {
   return (cam - lo) / (hi - lo + 1e-7);
 }
 
+// Resize (half-pixel bilinear), then min-max again: interpolation moves the
+// extremes of the normalised map, and the final map spans [0, 1] again.
 at::Tensor resize(const at::Tensor& maps, int64_t H, int64_t W) {
-  return at::upsample_bilinear2d(maps.unsqueeze(1), {H, W}, false).squeeze(1);
+  const auto r = at::upsample_bilinear2d(maps.unsqueeze(1), {H, W}, false).squeeze(1);
+  const auto lo = std::get<0>(r.flatten(1).min(1)).view({-1, 1, 1});
+  const auto hi = std::get<0>(r.flatten(1).max(1)).view({-1, 1, 1});
+  return (r - lo) / (hi - lo + 1e-7);
 }
 
 class GradCam : public ::testing::TestWithParam<Case> {

@@ -27,6 +27,7 @@ struct ExplainerOptions {
   std::optional<std::array<float, 3>> mean, std;
   std::string labels_file;              // class names, one a line
   std::string device = "cpu";
+  int64_t score_chunk = 32;             // Score-CAM: masked inputs per forward
 };
 
 // Methods this build implements, by their CLI/YAML names.

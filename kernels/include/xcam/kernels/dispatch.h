@@ -31,6 +31,10 @@ at::Tensor weighted_sum_relu(const at::Tensor& activations, const at::Tensor& we
 // Element-wise maps (layercam, hirescam, gradcam-elementwise): B x h x w.
 at::Tensor elementwise_cam(const at::Tensor& activations, const at::Tensor& gradients, ElementwiseMethod method);
 
+// Per-sample min-max of B x ... float32 maps (a new tensor); per-sample
+// CamStatus into `status` (B uint8, on the CPU) if it is not null.
+at::Tensor minmax_normalize(const at::Tensor& maps, at::Tensor* status = nullptr);
+
 // Per-sample min-max then resize of a B x h x w float32 map.
 MapOutput normalize_resize(const at::Tensor& cam, int64_t out_h, int64_t out_w);
 
