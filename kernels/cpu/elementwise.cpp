@@ -8,13 +8,6 @@
 namespace xcam::kernels {
 
 namespace {
-template <ElementwiseMethod M>
-inline float term(float g, float a) {
-  if constexpr (M == ElementwiseMethod::layercam) return relu(g) * a;
-  if constexpr (M == ElementwiseMethod::hirescam) return g * a;
-  return relu_keep_nan(g * a);
-}
-
 template <ElementwiseMethod M, typename T>
 void elementwise_impl(const T* A, const T* G, CamShape s, float* cam) {
   const int64_t K = s.channels, hw = s.height * s.width;
@@ -22,7 +15,7 @@ void elementwise_impl(const T* A, const T* G, CamShape s, float* cam) {
     const T* a = A + (b * K + k) * hw;
     const T* g = G + (b * K + k) * hw;
 #pragma omp simd
-    for (int64_t i = 0; i < hw; ++i) acc[i] += term<M>(to_float(g[i]), to_float(a[i]));
+    for (int64_t i = 0; i < hw; ++i) acc[i] += elementwise_term<M>(to_float(g[i]), to_float(a[i]));
     return true;
   });
   const int64_t n = s.batch * hw;

@@ -34,12 +34,12 @@ void scorecam_masks_cpu(const void* activations, DType dtype, int64_t channels, 
           lo = std::min(lo, v);
           hi = std::max(hi, v);
         }
-      const float inv = 1.f / (hi - lo + kMaskEps);
+      const float inv = mask_inv_range(lo, hi);
       for (int64_t c = in_channels - 1; c >= 0; --c) {
         float* o = dst + c * HW;
         const float* in = input + c * HW;
 #pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) o[i] = in[i] * ((dst[i] - lo) * inv);
+        for (int64_t i = 0; i < HW; ++i) o[i] = in[i] * mask_scale(dst[i], lo, inv);
       }
     }
   });

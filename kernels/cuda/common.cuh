@@ -1,5 +1,8 @@
 // Private helpers of the CUDA twins: element-type dispatch, launch sizes and
 // the per-sample min-max reduction operator.
+//
+// CUB is reached as CUB_NS_QUALIFIER::cub-name: the CMake target wraps it in
+// its own namespace (CUB_WRAPPED_NAMESPACE=xcam_cub, PyTorch #55292).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -7,14 +10,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 
 #include "launch_check.cuh"
 #include "xcam/kernels/cam_math.h"
 #include "xcam/kernels/types.h"
-
-// CUB lives in the namespace this library's CMake target wraps it in
-// (CUB_WRAPPED_NAMESPACE=xcam_cub, PyTorch #55292): reach it through this.
-#define XCAM_CUB CUB_NS_QUALIFIER
 
 namespace xcam::kernels::cuda_detail {
 

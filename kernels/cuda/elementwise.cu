@@ -8,7 +8,7 @@ namespace xcam::kernels {
 namespace cuda_detail {
 namespace {
 
-// The per-element terms, as cpu/elementwise.cpp writes them (SPEC section 2).
+// The per-element terms of elementwise.h (SPEC section 2).
 template <ElementwiseMethod M, typename T>
 struct ElementwiseTerm {
   const T* activations;
@@ -17,13 +17,7 @@ struct ElementwiseTerm {
   __device__ __forceinline__ float operator()(int64_t bk, int64_t s) const {
     const float a = to_float(activations[bk * hw + s]);
     const float g = to_float(gradients[bk * hw + s]);
-    if constexpr (M == ElementwiseMethod::layercam) {
-      return relu(g) * a;
-    } else if constexpr (M == ElementwiseMethod::hirescam) {
-      return g * a;
-    } else {
-      return relu_keep_nan(g * a);
-    }
+    return elementwise_term<M>(g, a);
   }
 };
 

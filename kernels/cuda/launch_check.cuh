@@ -30,10 +30,10 @@ inline void check_kernel_launch(const char* file, int line) {
 }  // namespace xcam::kernels::cuda_detail
 
 // Throws std::runtime_error naming the statement, file, line and CUDA error.
-#define XCAM_CUDA_CHECK(expr)                                                                   \
-  do {                                                                                          \
-    const cudaError_t xcam_cuda_err_ = (expr);                                                  \
-    if (xcam_cuda_err_ != cudaSuccess)                                                          \
+#define XCAM_CUDA_CHECK(expr)                                                                    \
+  do {                                                                                           \
+    const cudaError_t xcam_cuda_err_ = (expr);                                                   \
+    if (xcam_cuda_err_ != cudaSuccess)                                                           \
       ::xcam::kernels::cuda_detail::throw_cuda_error(xcam_cuda_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
@@ -51,16 +51,17 @@ inline cudaStream_t stream_of(const CudaContext& ctx) { return static_cast<cudaS
 // are stream-ordered, so no synchronisation is needed.
 class TempBuffer {
  public:
+  // No allocation for 0 bytes (get() is then null; CUB callers ask for at
+  // least 1, since CUB reads a null temp pointer as a size query).
   TempBuffer(const CudaContext& ctx, size_t bytes) : ctx_(ctx) {
-    // Never null: CUB reads a null temp pointer as a size query.
-    const size_t n = bytes > 0 ? bytes : 16;
+    if (bytes == 0) return;
     if (ctx_.allocator.allocate != nullptr) {
-      ptr_ = ctx_.allocator.allocate(n, ctx_.allocator.context);
+      ptr_ = ctx_.allocator.allocate(bytes, ctx_.allocator.context);
       if (ptr_ == nullptr)
         throw std::runtime_error("CUDA temporary storage: the caller's allocator returned null for " +
-                                 std::to_string(n) + " bytes");
+                                 std::to_string(bytes) + " bytes");
     } else {
-      XCAM_CUDA_CHECK(cudaMallocAsync(&ptr_, n, stream_of(ctx_)));
+      XCAM_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream_of(ctx_)));
     }
   }
   ~TempBuffer() {

@@ -18,7 +18,7 @@ constexpr int kNormThreads = 512;
 // a NaN/Inf, in a second pass, and the sample's status.
 __global__ void __launch_bounds__(kNormThreads)
     minmax_normalize_kernel(float* x, int64_t batch, int64_t n, uint8_t* status) {
-  using BlockReduce = XCAM_CUB::BlockReduce<float2, kNormThreads>;
+  using BlockReduce = CUB_NS_QUALIFIER::BlockReduce<float2, kNormThreads>;
   __shared__ typename BlockReduce::TempStorage temp;
   __shared__ float2 range;
   const int tid = static_cast<int>(threadIdx.x);
@@ -110,12 +110,12 @@ void resize_bilinear_cuda(const float* in, int64_t batch, int64_t h, int64_t w, 
   const int64_t n = batch * out_h * out_w;
   if (n == 0) return;
   resize_bilinear_kernel<<<grid_for(n), kThreads, 0, stream_of(ctx)>>>(in, batch, h, w, out, out_h, out_w,
-                                                                        align_corners);
+                                                                       align_corners);
   XCAM_KERNEL_LAUNCH_CHECK();
 }
 
-void normalize_resize_cuda(float* cam, int64_t batch, int64_t h, int64_t w, float* out, int64_t out_h,
-                           int64_t out_w, uint8_t* status, const CudaContext& ctx) {
+void normalize_resize_cuda(float* cam, int64_t batch, int64_t h, int64_t w, float* out, int64_t out_h, int64_t out_w,
+                           uint8_t* status, const CudaContext& ctx) {
   minmax_normalize_cuda(cam, batch, h * w, status, ctx);
   resize_bilinear_cuda(cam, batch, h, w, out, out_h, out_w, /*align_corners=*/false, ctx);
 }
@@ -137,8 +137,8 @@ void aggregate_layers_cuda(const float* const* maps, const int64_t* hs, const in
       table.w[j] = ws[l0 + j];
     }
     const bool carry = l0 > 0, last = l0 + table.count >= layers;
-    aggregate_layers_kernel<<<grid_for(n), kThreads, 0, stream_of(ctx)>>>(table, batch, out_h, out_w, out, carry,
-                                                                         last, inv_layers);
+    aggregate_layers_kernel<<<grid_for(n), kThreads, 0, stream_of(ctx)>>>(table, batch, out_h, out_w, out, carry, last,
+                                                                          inv_layers);
     XCAM_KERNEL_LAUNCH_CHECK();
     l0 += table.count;
   } while (l0 < layers);

@@ -33,7 +33,7 @@ void colormap_overlay_cuda(const float* map, const uint8_t* image, int64_t h, in
   const int64_t n = h * w;
   if (n == 0) return;
   colormap_overlay_kernel<<<grid_for(n), kThreads, 0, stream_of(ctx)>>>(map, image, n, lut, image_weight, heat_rgb,
-                                                                         out);
+                                                                        out);
   XCAM_KERNEL_LAUNCH_CHECK();
 }
 

@@ -2,11 +2,13 @@
 // cpu/pool.cpp. Grad-CAM's spatial mean is one device-wide segmented
 // reduction (one segment per sample and channel); Grad-CAM++ and XGradCAM
 // need two sums per channel, so one block reduces each channel.
-#include <cub/block/block_reduce.cuh>
-#include <cub/device/device_segmented_reduce.cuh>
 #include <thrust/iterator/counting_iterator.h>
 #include <thrust/iterator/transform_iterator.h>
 #include <thrust/iterator/transform_output_iterator.h>
+#include <cub/block/block_reduce.cuh>
+#include <cub/device/device_segmented_reduce.cuh>
+
+#include <algorithm>
 
 #include "common.cuh"
 #include "reduce.cuh"
@@ -29,9 +31,7 @@ struct SegmentBegin {
 struct MeanOf {
   float hw, inv_hw;
   MeanScale scale;
-  __host__ __device__ float operator()(float sum) const {
-    return scale == MeanScale::divide ? sum / hw : sum * inv_hw;
-  }
+  __host__ __device__ float operator()(float sum) const { return scale == MeanScale::divide ? sum / hw : sum * inv_hw; }
 };
 
 constexpr int kPoolThreads = 128;  // maps are often 7 x 7 .. 56 x 56: a small block per channel
@@ -40,7 +40,7 @@ constexpr int kPoolThreads = 128;  // maps are often 7 x 7 .. 56 x 56: a small b
 template <WeightMethod M, typename T>
 __global__ void __launch_bounds__(kPoolThreads)
     two_sum_weights_kernel(const T* activations, const T* gradients, int64_t bk_count, int64_t hw, float* weights) {
-  using BlockReduce = XCAM_CUB::BlockReduce<float, kPoolThreads>;
+  using BlockReduce = CUB_NS_QUALIFIER::BlockReduce<float, kPoolThreads>;
   __shared__ typename BlockReduce::TempStorage temp;
   __shared__ float shared_sum_a;
   const int tid = static_cast<int>(threadIdx.x);
@@ -79,17 +79,17 @@ void spatial_mean(const void* gradients, DType dtype, int64_t segments, int64_t 
   if (segments == 0) return;
   namespace th = THRUST_NS_QUALIFIER;
   const auto begins = th::make_transform_iterator(th::counting_iterator<int64_t>(0), SegmentBegin{hw});
-  const auto means = th::make_transform_output_iterator(
-      out, MeanOf{static_cast<float>(hw), 1.f / static_cast<float>(hw), scale});
+  const auto means =
+      th::make_transform_output_iterator(out, MeanOf{static_cast<float>(hw), 1.f / static_cast<float>(hw), scale});
   with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const auto values = th::make_transform_iterator(static_cast<const T*>(gradients), ToFloat<T>{});
     size_t bytes = 0;
-    XCAM_CUDA_CHECK(XCAM_CUB::DeviceSegmentedReduce::Sum(nullptr, bytes, values, means, segments, begins,
-                                                         begins + 1, stream_of(ctx)));
-    TempBuffer temp(ctx, bytes);
-    XCAM_CUDA_CHECK(XCAM_CUB::DeviceSegmentedReduce::Sum(temp.get(), bytes, values, means, segments, begins,
-                                                         begins + 1, stream_of(ctx)));
+    XCAM_CUDA_CHECK(CUB_NS_QUALIFIER::DeviceSegmentedReduce::Sum(nullptr, bytes, values, means, segments, begins,
+                                                                 begins + 1, stream_of(ctx)));
+    TempBuffer temp(ctx, std::max<size_t>(bytes, 1));
+    XCAM_CUDA_CHECK(CUB_NS_QUALIFIER::DeviceSegmentedReduce::Sum(temp.get(), bytes, values, means, segments, begins,
+                                                                 begins + 1, stream_of(ctx)));
   });
 }
 
@@ -110,10 +110,12 @@ void channel_weights_cuda(const void* activations, const void* gradients, DType 
     const T* a = static_cast<const T*>(activations);
     const T* g = static_cast<const T*>(gradients);
     if (method == WeightMethod::xgradcam) {
-      two_sum_weights_kernel<WeightMethod::xgradcam, T><<<grid, kPoolThreads, 0, stream_of(ctx)>>>(a, g, bk, hw, weights);
+      two_sum_weights_kernel<WeightMethod::xgradcam, T>
+          <<<grid, kPoolThreads, 0, stream_of(ctx)>>>(a, g, bk, hw, weights);
       XCAM_KERNEL_LAUNCH_CHECK();
     } else {
-      two_sum_weights_kernel<WeightMethod::gradcampp, T><<<grid, kPoolThreads, 0, stream_of(ctx)>>>(a, g, bk, hw, weights);
+      two_sum_weights_kernel<WeightMethod::gradcampp, T>
+          <<<grid, kPoolThreads, 0, stream_of(ctx)>>>(a, g, bk, hw, weights);
       XCAM_KERNEL_LAUNCH_CHECK();
     }
   });

@@ -17,8 +17,8 @@ namespace xcam::kernels::cuda_detail {
 // ------------------------------------------------------------- spatial ----
 
 enum class MeanScale : uint8_t {
-  divide,             // sum / hw          (channel_weights_cpu)
-  multiply_inverse,   // sum * (1 / hw)    (gradcam_cpu)
+  divide,            // sum / hw          (channel_weights_cpu)
+  multiply_inverse,  // sum * (1 / hw)    (gradcam_cpu)
 };
 
 // out[i] = mean of gradients[i * hw .. (i + 1) * hw) as float32, for i in

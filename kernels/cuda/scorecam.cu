@@ -22,8 +22,8 @@ __global__ void __launch_bounds__(kThreads) to_float_kernel(const T* in, int64_t
 }
 
 // Upsampled mask value at (y, x) of an h x w plane (align_corners=true).
-__device__ __forceinline__ float mask_at(const float* plane, int64_t h, int64_t w, int64_t y, int64_t x,
-                                         int64_t out_h, int64_t out_w) {
+__device__ __forceinline__ float mask_at(const float* plane, int64_t h, int64_t w, int64_t y, int64_t x, int64_t out_h,
+                                         int64_t out_w) {
   return bilinear_at(plane, w, bilinear_tap(y, h, out_h, /*align_corners=*/true),
                      bilinear_tap(x, w, out_w, /*align_corners=*/true));
 }
@@ -33,7 +33,7 @@ constexpr int kStatThreads = 512;
 __global__ void __launch_bounds__(kStatThreads)
     mask_range_kernel(const float* planes, int64_t masks, int64_t h, int64_t w, int64_t out_h, int64_t out_w,
                       float2* ranges) {
-  using BlockReduce = XCAM_CUB::BlockReduce<float2, kStatThreads>;
+  using BlockReduce = CUB_NS_QUALIFIER::BlockReduce<float2, kStatThreads>;
   __shared__ typename BlockReduce::TempStorage temp;
   const int64_t n = out_h * out_w;
   for (int64_t m = blockIdx.x; m < masks; m += gridDim.x) {
@@ -56,11 +56,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = out_h * out_w;
   for (int64_t m = blockIdx.y; m < masks; m += gridDim.y) {
     const float2 r = ranges[m];
-    const float inv = 1.f / (r.y - r.x + kMaskEps);  // as the CPU twin: (M - lo) * inv
+    const float inv = mask_inv_range(r.x, r.y);
     const float* plane = planes + m * h * w;
     float* dst_mask = out + m * in_channels * n;
     for (int64_t p = global_thread(); p < n; p += grid_stride()) {
-      const float scaled = (mask_at(plane, h, w, p / out_w, p % out_w, out_h, out_w) - r.x) * inv;
+      const float scaled = mask_scale(mask_at(plane, h, w, p / out_w, p % out_w, out_h, out_w), r.x, inv);
       const float* src = input + p;
       float* dst = dst_mask + p;
       for (int64_t c = 0; c < in_channels; ++c, src += n, dst += n) *dst = *src * scaled;
@@ -72,8 +72,8 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace cuda_detail
 
 void scorecam_masks_cuda(const void* activations, DType dtype, int64_t channels, int64_t h, int64_t w, int64_t k0,
-                         int64_t k1, const float* input, int64_t in_channels, int64_t out_h, int64_t out_w,
-                         float* out, const CudaContext& ctx) {
+                         int64_t k1, const float* input, int64_t in_channels, int64_t out_h, int64_t out_w, float* out,
+                         const CudaContext& ctx) {
   using namespace cuda_detail;
   (void)channels;
   const int64_t masks = k1 - k0, hw = h * w, n = out_h * out_w;
@@ -100,8 +100,8 @@ void scorecam_masks_cuda(const void* activations, DType dtype, int64_t channels,
   XCAM_KERNEL_LAUNCH_CHECK();
 
   const dim3 grid(grid_for(n), grid_yz(masks));
-  apply_masks_kernel<<<grid, kThreads, 0, stream>>>(planes, ranges.as<float2>(), masks, h, w, input, in_channels,
-                                                     out_h, out_w, out);
+  apply_masks_kernel<<<grid, kThreads, 0, stream>>>(planes, ranges.as<float2>(), masks, h, w, input, in_channels, out_h,
+                                                    out_w, out);
   XCAM_KERNEL_LAUNCH_CHECK();
 }
 

@@ -21,11 +21,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <ostream>
 #include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "xcam/kernels/elementwise.h"
@@ -41,8 +43,8 @@ namespace {
 
 using namespace xcam::kernels;
 
-constexpr double kRelTol = 1e-5;               // ||cuda - cpu|| / ||cpu|| per sample
-constexpr int64_t kMaxElements = 8'000'000;    // B*K*h*w cap per case (the CPU twin is the oracle)
+constexpr double kRelTol = 1e-5;             // ||cuda - cpu|| / ||cpu|| per sample
+constexpr int64_t kMaxElements = 8'000'000;  // B*K*h*w cap per case (the CPU twin is the oracle)
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
@@ -286,8 +288,8 @@ void expect_near(const std::vector<float>& got, const std::vector<float>& want, 
     diff = std::sqrt(diff);
     norm = std::sqrt(norm);
     EXPECT_LE(diff, kRelTol * norm) << what << ", sample " << b << ": relative error "
-                                    << (norm > 0 ? diff / norm : diff) << " (||cpu|| = " << norm
-                                    << ", max abs error " << max_abs << ")";
+                                    << (norm > 0 ? diff / norm : diff) << " (||cpu|| = " << norm << ", max abs error "
+                                    << max_abs << ")";
   }
 }
 
@@ -321,11 +323,9 @@ constexpr std::array<DType, 3> kDTypes = {DType::f32, DType::f16, DType::bf16};
 
 struct CamCase {
   int64_t B, K, h, w, H, W;
-  DType dtype;
 };
 std::ostream& operator<<(std::ostream& os, const CamCase& c) {
-  return os << "B" << c.B << "_K" << c.K << "_" << c.h << "x" << c.w << "_to_" << c.H << "x" << c.W << "_"
-            << dtype_name(c.dtype);
+  return os << "B" << c.B << "_K" << c.K << "_" << c.h << "x" << c.w << "_to_" << c.H << "x" << c.W;
 }
 
 // Low-resolution grids with their output sizes, as test_kernels.cpp: 1x1,
@@ -341,11 +341,10 @@ constexpr std::array<std::array<int64_t, 4>, 6> kCamGrids = {{
 
 std::vector<CamCase> cam_cases() {
   std::vector<CamCase> cases;
-  for (DType dt : kDTypes)
-    for (int64_t B : {1, 3, 16})
-      for (int64_t K : {1, 7, 64, 65, 512, 2048})  // 65: one full channel chunk and one of 1
-        for (const auto& g : kCamGrids)
-          if (B * K * g[0] * g[1] <= kMaxElements) cases.push_back({B, K, g[0], g[1], g[2], g[3], dt});
+  for (int64_t B : {1, 3, 16})
+    for (int64_t K : {1, 7, 64, 65, 512, 2048})  // 65: one full channel chunk and one of 1
+      for (const auto& g : kCamGrids)
+        if (B * K * g[0] * g[1] <= kMaxElements) cases.push_back({B, K, g[0], g[1], g[2], g[3]});
   return cases;
 }
 
@@ -375,6 +374,8 @@ CamOutputs run_gradcam_cuda(const Encoded& A, const Encoded& g, CamShape s, int6
 
 class GradCamCuda : public testing::TestWithParam<CamCase> {};
 
+// Each element type in turn (a case per type would triple the processes
+// ctest starts, each paying for a CUDA context).
 TEST_P(GradCamCuda, MatchesCpuTwin) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   const CamCase c = GetParam();
@@ -382,15 +383,18 @@ TEST_P(GradCamCuda, MatchesCpuTwin) {
   SCOPED_TRACE(rng.trace());
   const CamShape s{c.B, c.K, c.h, c.w};
   const int64_t n = c.B * c.K * c.h * c.w;
-  const Encoded A(rng.normal(n), c.dtype), g(rng.normal(n), c.dtype);
-  Context ctx;
-  const CamOutputs got = run_gradcam_cuda(A, g, s, c.H, c.W, ctx);
-  const CamOutputs want = run_gradcam_cpu(A, g, s, c.H, c.W);
-  expect_status(got.status, want.status, "status");
-  expect_near(got.lowres, want.lowres, c.B, "lowres");
-  expect_near(got.out, want.out, c.B, "out");
-  EXPECT_GT(ctx.allocations(), 0) << "temporaries must come from the caller's allocator";
-  EXPECT_EQ(ctx.outstanding(), 0) << "temporaries not released";
+  for (DType dt : kDTypes) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Encoded A(rng.normal(n), dt), g(rng.normal(n), dt);
+    Context ctx;
+    const CamOutputs got = run_gradcam_cuda(A, g, s, c.H, c.W, ctx);
+    const CamOutputs want = run_gradcam_cpu(A, g, s, c.H, c.W);
+    expect_status(got.status, want.status, "status");
+    expect_near(got.lowres, want.lowres, c.B, "lowres");
+    expect_near(got.out, want.out, c.B, "out");
+    EXPECT_GT(ctx.allocations(), 0) << "temporaries must come from the caller's allocator";
+    EXPECT_EQ(ctx.outstanding(), 0) << "temporaries not released";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, GradCamCuda, testing::ValuesIn(cam_cases()), param_name<CamCase>);
@@ -455,7 +459,7 @@ TEST(GradCamCudaDegenerate, ConstantMapsAreFlaggedAndZero) {
   Rng rng;
   SCOPED_TRACE(rng.trace());
   std::vector<float> a = rng.normal(B * K * h * w), g = rng.normal(B * K * h * w);
-  std::fill(g.begin(), g.begin() + K * h * w, 0.f);  // sample 0: zero gradients
+  std::fill(g.begin(), g.begin() + K * h * w, 0.f);          // sample 0: zero gradients
   for (int64_t i = 2 * K * h * w; i < 3 * K * h * w; ++i) {  // sample 2: every w_k < 0, A > 0
     a[static_cast<size_t>(i)] = std::abs(a[static_cast<size_t>(i)]) + 0.1f;
     g[static_cast<size_t>(i)] = -std::abs(g[static_cast<size_t>(i)]) - 0.1f;
@@ -476,9 +480,9 @@ TEST(GradCamCuda, RequiresLowres) {
   Context ctx;
   DeviceBuffer<float> A(64), g(64), out(64);
   DeviceBuffer<uint8_t> status(1);
-  EXPECT_THROW(gradcam_cuda(A.data(), g.data(), DType::f32, {1, 1, 8, 8}, 8, 8, nullptr, out.data(), status.data(),
-                            ctx.get()),
-               std::invalid_argument);
+  EXPECT_THROW(
+      gradcam_cuda(A.data(), g.data(), DType::f32, {1, 1, 8, 8}, 8, 8, nullptr, out.data(), status.data(), ctx.get()),
+      std::invalid_argument);
 }
 
 // The fallback without a caller allocator (cudaMallocAsync on the stream), on
@@ -495,8 +499,7 @@ TEST(GradCamCuda, DefaultStreamAndNoAllocator) {
   DeviceBuffer<float> lowres(B * h * w), out(B * H * W);
   DeviceBuffer<uint8_t> status(B, 0xEE);
   const CudaContext bare;  // null stream, no allocator
-  gradcam_cuda(dA->data(), dg->data(), DType::f32, {B, K, h, w}, H, W, lowres.data(), out.data(), status.data(),
-               bare);
+  gradcam_cuda(dA->data(), dg->data(), DType::f32, {B, K, h, w}, H, W, lowres.data(), out.data(), status.data(), bare);
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_EQ(a.lowres, lowres.download());
   EXPECT_EQ(a.out, out.download());
@@ -509,19 +512,17 @@ TEST(GradCamCuda, DefaultStreamAndNoAllocator) {
 
 struct ChannelCase {
   int64_t B, K, h, w;
-  DType dtype;
 };
 std::ostream& operator<<(std::ostream& os, const ChannelCase& c) {
-  return os << "B" << c.B << "_K" << c.K << "_" << c.h << "x" << c.w << "_" << dtype_name(c.dtype);
+  return os << "B" << c.B << "_K" << c.K << "_" << c.h << "x" << c.w;
 }
 std::vector<ChannelCase> channel_cases() {
   std::vector<ChannelCase> cases;
   const std::vector<std::array<int64_t, 2>> grids = {{1, 1}, {7, 7}, {16, 8}, {24, 36}, {56, 56}};
-  for (DType dt : kDTypes)
-    for (int64_t B : {1, 3, 16})
-      for (int64_t K : {1, 7, 64, 65, 512, 2048})
-        for (const auto& g : grids)
-          if (B * K * g[0] * g[1] <= kMaxElements) cases.push_back({B, K, g[0], g[1], dt});
+  for (int64_t B : {1, 3, 16})
+    for (int64_t K : {1, 7, 64, 65, 512, 2048})
+      for (const auto& g : grids)
+        if (B * K * g[0] * g[1] <= kMaxElements) cases.push_back({B, K, g[0], g[1]});
   return cases;
 }
 
@@ -548,19 +549,23 @@ TEST_P(ChannelWeightsCuda, MatchesCpuTwin) {
   // orders disagree by more than rounding.
   std::vector<float> a = rng.normal(n);
   for (float& x : a) x = std::abs(x);
-  const Encoded A(a, c.dtype), G(rng.normal(n), c.dtype);
-  const auto dA = to_device(A), dg = to_device(G);
-  for (WeightMethod m : {WeightMethod::gradcam, WeightMethod::gradcampp, WeightMethod::xgradcam}) {
-    SCOPED_TRACE(method_name(m));
-    Context ctx;
-    DeviceBuffer<float> weights(c.B * c.K);
-    channel_weights_cuda(dA->data(), dg->data(), c.dtype, s, m, weights.data(), ctx.get());
-    ctx.sync();
-    EXPECT_TRUE(weights.guards_intact());
-    EXPECT_EQ(ctx.outstanding(), 0);
-    std::vector<float> want(static_cast<size_t>(c.B * c.K));
-    channel_weights_cpu(A.data(), G.data(), c.dtype, s, m, want.data());
-    expect_near(weights.download(), want, c.B, "weights");
+  const std::vector<float> g = rng.normal(n);
+  for (DType dt : kDTypes) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Encoded A(a, dt), G(g, dt);
+    const auto dA = to_device(A), dg = to_device(G);
+    for (WeightMethod m : {WeightMethod::gradcam, WeightMethod::gradcampp, WeightMethod::xgradcam}) {
+      SCOPED_TRACE(method_name(m));
+      Context ctx;
+      DeviceBuffer<float> weights(c.B * c.K);
+      channel_weights_cuda(dA->data(), dg->data(), dt, s, m, weights.data(), ctx.get());
+      ctx.sync();
+      EXPECT_TRUE(weights.guards_intact());
+      EXPECT_EQ(ctx.outstanding(), 0);
+      std::vector<float> want(static_cast<size_t>(c.B * c.K));
+      channel_weights_cpu(A.data(), G.data(), dt, s, m, want.data());
+      expect_near(weights.download(), want, c.B, "weights");
+    }
   }
 }
 
@@ -574,19 +579,22 @@ TEST_P(WeightedSumCuda, MatchesCpuTwin) {
   Rng rng;
   SCOPED_TRACE(rng.trace());
   const CamShape s{c.B, c.K, c.h, c.w};
-  const Encoded A(rng.normal(c.B * c.K * c.h * c.w), c.dtype);
-  const std::vector<float> weights = rng.normal(c.B * c.K);
-  const auto dA = to_device(A);
+  const std::vector<float> a = rng.normal(c.B * c.K * c.h * c.w), weights = rng.normal(c.B * c.K);
   const auto dw = to_device(weights);
-  Context ctx;
-  DeviceBuffer<float> cam(c.B * c.h * c.w);
-  weighted_sum_relu_cuda(dA->data(), c.dtype, s, dw->data(), cam.data(), ctx.get());
-  ctx.sync();
-  EXPECT_TRUE(cam.guards_intact());
-  EXPECT_EQ(ctx.outstanding(), 0);
-  std::vector<float> want(static_cast<size_t>(c.B * c.h * c.w));
-  weighted_sum_relu_cpu(A.data(), c.dtype, s, weights.data(), want.data());
-  expect_near(cam.download(), want, c.B, "cam");
+  for (DType dt : kDTypes) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Encoded A(a, dt);
+    const auto dA = to_device(A);
+    Context ctx;
+    DeviceBuffer<float> cam(c.B * c.h * c.w);
+    weighted_sum_relu_cuda(dA->data(), dt, s, dw->data(), cam.data(), ctx.get());
+    ctx.sync();
+    EXPECT_TRUE(cam.guards_intact());
+    EXPECT_EQ(ctx.outstanding(), 0);
+    std::vector<float> want(static_cast<size_t>(c.B * c.h * c.w));
+    weighted_sum_relu_cpu(A.data(), dt, s, weights.data(), want.data());
+    expect_near(cam.download(), want, c.B, "cam");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, WeightedSumCuda, testing::ValuesIn(channel_cases()), param_name<ChannelCase>);
@@ -600,20 +608,24 @@ TEST_P(ElementwiseCamCuda, MatchesCpuTwin) {
   SCOPED_TRACE(rng.trace());
   const CamShape s{c.B, c.K, c.h, c.w};
   const int64_t n = c.B * c.K * c.h * c.w;
-  const Encoded A(rng.normal(n), c.dtype), G(rng.normal(n), c.dtype);
-  const auto dA = to_device(A), dg = to_device(G);
-  for (ElementwiseMethod m :
-       {ElementwiseMethod::layercam, ElementwiseMethod::hirescam, ElementwiseMethod::gradcam_elementwise}) {
-    SCOPED_TRACE("method " + std::to_string(static_cast<int>(m)));
-    Context ctx;
-    DeviceBuffer<float> cam(c.B * c.h * c.w);
-    elementwise_cam_cuda(dA->data(), dg->data(), c.dtype, s, m, cam.data(), ctx.get());
-    ctx.sync();
-    EXPECT_TRUE(cam.guards_intact());
-    EXPECT_EQ(ctx.outstanding(), 0);
-    std::vector<float> want(static_cast<size_t>(c.B * c.h * c.w));
-    elementwise_cam_cpu(A.data(), G.data(), c.dtype, s, m, want.data());
-    expect_near(cam.download(), want, c.B, "cam");
+  const std::vector<float> a = rng.normal(n), g = rng.normal(n);
+  for (DType dt : kDTypes) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Encoded A(a, dt), G(g, dt);
+    const auto dA = to_device(A), dg = to_device(G);
+    for (ElementwiseMethod m :
+         {ElementwiseMethod::layercam, ElementwiseMethod::hirescam, ElementwiseMethod::gradcam_elementwise}) {
+      SCOPED_TRACE("method " + std::to_string(static_cast<int>(m)));
+      Context ctx;
+      DeviceBuffer<float> cam(c.B * c.h * c.w);
+      elementwise_cam_cuda(dA->data(), dg->data(), dt, s, m, cam.data(), ctx.get());
+      ctx.sync();
+      EXPECT_TRUE(cam.guards_intact());
+      EXPECT_EQ(ctx.outstanding(), 0);
+      std::vector<float> want(static_cast<size_t>(c.B * c.h * c.w));
+      elementwise_cam_cpu(A.data(), G.data(), dt, s, m, want.data());
+      expect_near(cam.download(), want, c.B, "cam");
+    }
   }
 }
 
@@ -630,8 +642,8 @@ std::ostream& operator<<(std::ostream& os, const NormCase& c) { return os << "B"
 std::vector<NormCase> norm_cases() {
   std::vector<NormCase> cases;
   for (int64_t B : {1, 3, 16})
-    for (const auto& hw : std::vector<std::array<int64_t, 2>>{{1, 1}, {7, 7}, {16, 8}, {24, 36}, {56, 56}, {224, 224},
-                                                              {1000, 1000}})
+    for (const auto& hw :
+         std::vector<std::array<int64_t, 2>>{{1, 1}, {7, 7}, {16, 8}, {24, 36}, {56, 56}, {224, 224}, {1000, 1000}})
       if (B * hw[0] * hw[1] <= kMaxElements) cases.push_back({B, hw[0], hw[1]});
   return cases;
 }
@@ -701,9 +713,8 @@ std::ostream& operator<<(std::ostream& os, const ResizeCase& c) {
 }
 std::vector<ResizeCase> resize_cases() {
   const std::vector<std::array<int64_t, 4>> sizes = {
-      {1, 1, 224, 224},   {7, 7, 224, 224}, {14, 14, 224, 224}, {16, 8, 50, 37}, {24, 36, 100, 130},
-      {56, 56, 20, 30},   {7, 7, 1, 1},     {5, 9, 5, 9},       {1, 9, 4, 20},   {14, 14, 7, 3},
-      {28, 28, 1080, 1920}};
+      {1, 1, 224, 224}, {7, 7, 224, 224}, {14, 14, 224, 224}, {16, 8, 50, 37}, {24, 36, 100, 130},  {56, 56, 20, 30},
+      {7, 7, 1, 1},     {5, 9, 5, 9},     {1, 9, 4, 20},      {14, 14, 7, 3},  {28, 28, 1080, 1920}};
   std::vector<ResizeCase> cases;
   for (int64_t B : {1, 3, 16})
     for (const auto& s : sizes)
@@ -809,8 +820,8 @@ struct AggResult {
 
 // Runs both twins on the same layer maps; returns {cuda, cpu}.
 std::pair<AggResult, AggResult> run_aggregate(const std::vector<std::vector<float>>& maps,
-                                              const std::vector<int64_t>& hs, const std::vector<int64_t>& ws,
-                                              int64_t B, int64_t H, int64_t W) {
+                                              const std::vector<int64_t>& hs, const std::vector<int64_t>& ws, int64_t B,
+                                              int64_t H, int64_t W) {
   const int64_t L = static_cast<int64_t>(maps.size());
   std::vector<std::unique_ptr<DeviceBuffer<float>>> dev;
   std::vector<const float*> dptrs, hptrs;

@@ -49,8 +49,9 @@ constexpr float kNormEps = 1e-7f;
 // max(x, 0); NaN maps to 0, so callers that must report NaN check first.
 XCAM_HD float relu(float x) { return x > 0.f ? x : 0.f; }
 
-// max(x, 0) that keeps NaN, for sums whose NaN the normaliser must see.
-XCAM_HD float relu_keep_nan(float x) { return x < 0.f ? 0.f : x; }
+// max(x, 0) for finite x; NaN and -Inf pass through, so that the
+// normaliser sees them and reports the sample (SPEC section 1.8).
+XCAM_HD float relu_keep_nan(float x) { return (x < 0.f && x >= -3.402823466e38f) ? 0.f : x; }
 
 // (x - lo) / (hi - lo + eps): a constant map becomes all zeros, never NaN.
 XCAM_HD float minmax_scale(float x, float lo, float hi) { return (x - lo) / (hi - lo + kNormEps); }
@@ -98,8 +99,11 @@ XCAM_HD float gradcampp_term(float g, float sum_a) {
 // XGradCAM weight from its two spatial sums: sum_s(g A) / (sum_s A + 1e-7).
 XCAM_HD float xgradcam_weight(float sum_ga, float sum_a) { return sum_ga / (sum_a + 1e-7f); }
 
-// Score-CAM mask normalisation epsilon (per channel, after upsampling).
+// Score-CAM mask normalisation (per channel, after upsampling):
+// (m - lo) / (hi - lo + 1e-8), written as (m - lo) * mask_inv_range(lo, hi).
 constexpr float kMaskEps = 1e-8f;
+XCAM_HD float mask_inv_range(float lo, float hi) { return 1.f / (hi - lo + kMaskEps); }
+XCAM_HD float mask_scale(float m, float lo, float inv_range) { return (m - lo) * inv_range; }
 
 // Colormap index of a map value in [0, 1]: truncation of 255 * v, as the
 // reference renderer does (np.uint8(255 * mask)); out-of-range values clamp

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "xcam/kernels/cam_math.h"
 #include "xcam/kernels/types.h"
 
 namespace xcam::kernels {
@@ -13,6 +14,18 @@ enum class ElementwiseMethod : uint8_t {
   hirescam,             // sum_k g * A
   gradcam_elementwise,  // sum_k relu(g * A)
 };
+
+// The per-element term of each method, shared by the CPU and CUDA twins.
+template <ElementwiseMethod M>
+XCAM_HD float elementwise_term(float g, float a) {
+  if constexpr (M == ElementwiseMethod::layercam) {
+    return relu(g) * a;
+  } else if constexpr (M == ElementwiseMethod::hirescam) {
+    return g * a;
+  } else {
+    return relu_keep_nan(g * a);
+  }
+}
 
 // activations, gradients: B x K x h x w; cam: B x h x w float32.
 void elementwise_cam_cpu(const void* activations, const void* gradients, DType dtype, CamShape shape,
