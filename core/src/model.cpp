@@ -76,6 +76,15 @@ std::vector<std::string> Model::module_paths() const {
   return out;
 }
 
+namespace {
+// A call of the module itself: "forward", or "forwardN", which is how tracing
+// records the second and later calls of one module.
+bool is_forward(const std::string& method) {
+  if (method.rfind("forward", 0) != 0) return false;
+  return std::all_of(method.begin() + 7, method.end(), ::isdigit);
+}
+}  // namespace
+
 struct TappedForward::Impl {
   Model* model = nullptr;
   std::vector<TapPoint> taps;
@@ -137,8 +146,8 @@ struct TappedForward::Impl {
         const auto p = path_of(n->input(0));
         if (!p) continue;
         const std::string method = n->s(attr::name);
-        const bool tapped_call = method == "forward" && wanted.count(*p);
-        const bool helper_on_tapped = method != "forward" && (wanted.count(*p) || on_the_way(*p));
+        const bool tapped_call = is_forward(method) && wanted.count(*p);
+        const bool helper_on_tapped = !is_forward(method) && (wanted.count(*p) || on_the_way(*p));
         if (!on_the_way(*p) && !helper_on_tapped) continue;
         std::vector<std::string> carried;
         for (auto [b, e] = tagged.equal_range(n->output(0)); b != e; ++b) carried.push_back(b->second);
@@ -159,7 +168,7 @@ struct TappedForward::Impl {
     std::map<std::string, std::vector<Value*>> calls;
     for (Node* n : graph->nodes()) {
       for (Value* o : n->outputs()) {
-        if (n->kind() == prim::CallMethod && n->s(attr::name) == "forward") {
+        if (n->kind() == prim::CallMethod && is_forward(n->s(attr::name))) {
           const auto p = path_of(n->input(0));
           if (p && wanted.count(*p)) calls[*p].push_back(o);
         }
