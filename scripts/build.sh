@@ -4,5 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 "$(dirname "$0")/setup.sh"
 PRESET=${XCAM_PRESET:-cpu-release}
+# The CUDA twins of the kernels are compiled (not run) when nvcc is there.
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDACXX=/usr/local/cuda/bin/nvcc
+fi
 [ -f "build/$PRESET/CMakeCache.txt" ] || cmake --preset "$PRESET" >/dev/null
 cmake --build --preset "$PRESET"
