@@ -124,6 +124,8 @@ TEST_P(GradCam, MatchesPeerGoldens) {
   for (int64_t b = 0; b < B; ++b)
     for (size_t i = 0; i < maps[b].map.size(); ++i)
       map_err = std::max(map_err, std::abs(double(maps[b].map[i]) - peer_map.f32[b * maps[b].map.size() + i]));
+  std::printf("[ parity   ] %s: max abs error vs peer: low-res %.2e, resized %.2e\n", c.name.c_str(), low_err,
+              map_err);
   EXPECT_LT(low_err, 1e-4);  // SPEC section 2: low-resolution map
   EXPECT_LT(map_err, 1e-3);  // resized map
 }
