@@ -3,7 +3,7 @@
 
 Run with the pgc venv (zoo/setup_pgc_venv.sh):
     .venv-pgc/bin/python benchmarks/pgc_bench.py --arch resnet50 --size 224 --batch 1 8 \\
-        --threads 2 --repeats 10 --xcam build/cpu-release/core/cli/xcam --model-dir out/models
+        --threads 2 --repeats 10 --xcam build/cpu-release/core/xcam --model-dir build/cpu-release/zoo-models
 
 Both sides explain the same network: zoo/export_torchvision.build(arch, seed) in
 Python and its TorchScript export DIR/<arch>_traced.pt (written if missing) in xcam.
