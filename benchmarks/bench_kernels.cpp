@@ -15,7 +15,9 @@
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -171,11 +173,12 @@ using xcam::kernels::WeightMethod;
 
 constexpr int64_t kF = static_cast<int64_t>(sizeof(float));
 
-// Read g (and A, except for Grad-CAM), write B x K weights.
-int64_t weights_bytes(const benchmark::State& state) {
+// Read g (and A, except for Grad-CAM), write B x K weights. `inputs`: 1 or 2.
+int64_t weights_bytes(const benchmark::State& state, int64_t inputs) {
   const int64_t in = state.range(1) * state.range(2) * state.range(3) * state.range(3);
-  return kF * ((state.range(0) == 0 ? 1 : 2) * in + state.range(1) * state.range(2));
+  return kF * (inputs * in + state.range(1) * state.range(2));
 }
+int64_t weights_bytes(const benchmark::State& state) { return weights_bytes(state, state.range(0) == 0 ? 1 : 2); }
 
 void BM_ChannelWeightsFused(benchmark::State& state) {
   const CamInputs in = make_inputs(state, 1);
@@ -217,7 +220,8 @@ void BM_ChannelWeightsAtenChain(benchmark::State& state) {
   set_counters(state, weights_bytes(state), in.in_elems());
 }
 
-void BM_ChannelWeightsMemcpy(benchmark::State& state) { run_memcpy(state, weights_bytes(state)); }
+// Arguments inputs (1: g, Grad-CAM; 2: A and g, Grad-CAM++ and XGradCAM), B, K, hw.
+void BM_ChannelWeightsMemcpy(benchmark::State& state) { run_memcpy(state, weights_bytes(state, state.range(0))); }
 
 // ---------------------------------------------------------------------------
 // relu(sum_k w_k A_k) (weighted_sum.h). Arguments: B, K, hw.
@@ -273,7 +277,8 @@ void BM_WeightedSumMemcpy(benchmark::State& state) { run_memcpy(state, weighted_
 
 // Read A and g, write the B x h x w map (the same for every method).
 int64_t elementwise_bytes(const benchmark::State& state, int first = 0) {
-  const int64_t B = state.range(first), K = state.range(first + 1), hw = state.range(first + 2) * state.range(first + 2);
+  const int64_t B = state.range(first), K = state.range(first + 1);
+  const int64_t hw = state.range(first + 2) * state.range(first + 2);
   return kF * (2 * B * K * hw + B * hw);
 }
 
@@ -401,9 +406,8 @@ void BM_AggregateAtenChain(benchmark::State& state) {
   const at::Tensor l2 = at::from_blob(m2.data(), {B, 1, 2 * hw, 2 * hw}, at::kFloat);
   for (auto _ : state) {
     const std::vector<int64_t> size = {kOutH, kOutW};
-    const at::Tensor mean = at::stack({at::upsample_bilinear2d(l1, size, false), at::upsample_bilinear2d(l2, size, false)})
-                                .relu()
-                                .mean(0);
+    const at::Tensor up1 = at::upsample_bilinear2d(l1, size, false), up2 = at::upsample_bilinear2d(l2, size, false);
+    const at::Tensor mean = at::stack({up1, up2}).relu().mean(0);
     const at::Tensor lo = mean.amin({2, 3}, true), hi = mean.amax({2, 3}, true);
     const at::Tensor out = (mean - lo) / (hi - lo + 1e-7);
     benchmark::DoNotOptimize(out.data_ptr<float>());
@@ -476,14 +480,18 @@ BENCHMARK(BM_GradCamAtenChain)->Apply(cam_grid);
 BENCHMARK(BM_Memcpy)->Apply(cam_grid);
 BENCHMARK(BM_Overlay)->ArgNames({"side"})->Arg(224)->Arg(1024)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
-// B x K x hw x hw reductions: B in {1, 16}, K in {512, 2048}, hw in {7, 56}.
-constexpr std::initializer_list<int64_t> kBs = {1, 16}, kKs = {512, 2048}, kHws = {7, 56};
+// B x K x hw x hw reductions: B in {1, 16}, K in {512, 2048}, hw in {7, 56};
+// the ops with three methods only at K = 2048 (the run stays near 2 minutes).
+constexpr std::initializer_list<int64_t> kBs = {1, 16}, kKs = {512, 2048}, kMethodKs = {2048}, kHws = {7, 56};
 void map_grid(benchmark::internal::Benchmark* b) {
   b->ArgNames({"B", "K", "hw"})->ArgsProduct({kBs, kKs, kHws})->UseRealTime()->Unit(benchmark::kMicrosecond);
 }
 void method_grid(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"method", "B", "K", "hw"})->ArgsProduct({{0, 1, 2}, kBs, kKs, kHws})->UseRealTime()->Unit(
+  b->ArgNames({"method", "B", "K", "hw"})->ArgsProduct({{0, 1, 2}, kBs, kMethodKs, kHws})->UseRealTime()->Unit(
       benchmark::kMicrosecond);
+}
+void method_memcpy_grid(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"B", "K", "hw"})->ArgsProduct({kBs, kMethodKs, kHws})->UseRealTime()->Unit(benchmark::kMicrosecond);
 }
 // Low-resolution maps to 224 x 224: B in {1, 16}, hw in {7, 14, 56}.
 void resize_grid(benchmark::internal::Benchmark* b) {
@@ -500,13 +508,17 @@ void scorecam_grid(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_ChannelWeightsFused)->Apply(method_grid);
 BENCHMARK(BM_ChannelWeightsAtenChain)->Apply(method_grid);
-BENCHMARK(BM_ChannelWeightsMemcpy)->Apply(method_grid);
+BENCHMARK(BM_ChannelWeightsMemcpy)
+    ->ArgNames({"inputs", "B", "K", "hw"})
+    ->ArgsProduct({{1, 2}, kBs, kMethodKs, kHws})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_WeightedSumFused)->Apply(map_grid);
 BENCHMARK(BM_WeightedSumAtenChain)->Apply(map_grid);
 BENCHMARK(BM_WeightedSumMemcpy)->Apply(map_grid);
 BENCHMARK(BM_ElementwiseFused)->Apply(method_grid);
 BENCHMARK(BM_ElementwiseAtenChain)->Apply(method_grid);
-BENCHMARK(BM_ElementwiseMemcpy)->Apply(map_grid);
+BENCHMARK(BM_ElementwiseMemcpy)->Apply(method_memcpy_grid);
 BENCHMARK(BM_NormalizeResizeFused)->Apply(resize_grid);
 BENCHMARK(BM_NormalizeResizeAtenChain)->Apply(resize_grid);
 BENCHMARK(BM_NormalizeResizeMemcpy)->Apply(resize_grid);
@@ -520,8 +532,19 @@ BENCHMARK(BM_ScoreCamMasksMemcpy)->Apply(scorecam_grid);
 }  // namespace
 
 int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  // Default minimum time 0.2 s per benchmark, so that the whole grid runs in
+  // about 2 minutes; --benchmark_min_time (or BENCHMARK_MIN_TIME) wins.
+  static char default_min_time[] = "--benchmark_min_time=0.2";
+  std::vector<char*> args(argv, argv + argc);
+  const bool min_time_given =
+      std::getenv("BENCHMARK_MIN_TIME") != nullptr ||
+      std::any_of(args.begin() + 1, args.end(),
+                  [](const char* a) { return std::strncmp(a, "--benchmark_min_time", 20) == 0; });
+  if (!min_time_given) args.insert(args.begin() + 1, default_min_time);
+  int n = static_cast<int>(args.size());
+  args.push_back(nullptr);
+  benchmark::Initialize(&n, args.data());
+  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
   g_threads = omp_get_max_threads();  // before any ATen op can change it
   use_bench_threads();
   benchmark::AddCustomContext("threads", std::to_string(g_threads));

@@ -218,6 +218,7 @@ MapOutput aggregate_layers(const std::vector<at::Tensor>& lowres, int64_t out_h,
   std::vector<int64_t> hs, ws;
   for (const auto& m : lowres) {
     TORCH_CHECK(m.dim() == 3 && m.size(0) == lowres[0].size(0), "every layer map must be B x h x w with the same B");
+    TORCH_CHECK(m.size(1) > 0 && m.size(2) > 0, "layer map ", maps.size(), " is empty: ", m.sizes());
     TORCH_CHECK(m.device() == lowres[0].device(), "layer maps are on different devices");
     maps.push_back(m.to(at::kFloat).contiguous());
     ptrs.push_back(maps.back().data_ptr<float>());
@@ -245,6 +246,8 @@ MapOutput aggregate_layers(const std::vector<at::Tensor>& lowres, int64_t out_h,
 at::Tensor scorecam_masks(const at::Tensor& activations, int64_t k0, int64_t k1, const at::Tensor& input) {
   TORCH_CHECK(activations.dim() == 3, "activations must be K x h x w (one sample), got ", activations.sizes());
   TORCH_CHECK(input.dim() == 3, "input must be C x H x W (one sample), got ", input.sizes());
+  TORCH_CHECK(activations.size(1) > 0 && activations.size(2) > 0, "activations have an empty h x w plane: ",
+              activations.sizes());
   TORCH_CHECK(0 <= k0 && k0 < k1 && k1 <= activations.size(0), "channel range [", k0, ", ", k1,
               ") is outside 0..", activations.size(0));
   TORCH_CHECK(activations.device() == input.device(), "activations and input are on different devices");

@@ -1258,7 +1258,8 @@ TEST(ChannelWeights, GradCamIgnoresActivations) {
   Rng rng;
   SCOPED_TRACE(rng.trace());
   const Tensor A = rng.randn({3, 70, 7, 7}), g = rng.randn({3, 70, 7, 7});
-  EXPECT_TRUE(same_bits(run_weights(A, g, WeightMethod::gradcam, false), run_weights(A, g, WeightMethod::gradcam, true)));
+  EXPECT_TRUE(
+      same_bits(run_weights(A, g, WeightMethod::gradcam, false), run_weights(A, g, WeightMethod::gradcam, true)));
 }
 
 // a = 0 where g == 0 (also -0), channels and samples with all-zero gradients.
@@ -1307,7 +1308,8 @@ TEST(ChannelWeights, XGradCamZeroActivationSums) {
     SCOPED_TRACE(rng.trace());
     Tensor A32 = rng.randn({B, K, h, w}).abs();
     const Tensor halves = (at::arange(hw) % 2).to(at::kFloat) - 0.5f;  // -0.5, 0.5, ...
-    A32[0].copy_(halves.expand({K, hw}).gather(1, rng.rand({K, hw}).argsort(/*dim=*/1, /*descending=*/false)).view({K, h, w}));
+    const Tensor perms = rng.rand({K, hw}).argsort(/*dim=*/1, /*descending=*/false);  // a permutation per channel
+    A32[0].copy_(halves.expand({K, hw}).gather(1, perms).view({K, h, w}));
     for (int64_t k : {0L, 5L, 63L, 64L, K - 1}) A32[1][k].zero_();
     const Tensor A = as_input(A32, d), g = as_input(rng.randn({B, K, h, w}), d);
     const Guarded<float> wts = run_weights(A, g, WeightMethod::xgradcam);
@@ -1441,7 +1443,6 @@ const char* producer_name(Producer p) {
 // The B x h x w map before normalisation.
 Guarded<float> run_producer(Producer p, const Tensor& A, const Tensor& g) {
   WeightMethod wm = WeightMethod::gradcam;
-  ElementwiseMethod em = ElementwiseMethod::layercam;
   switch (p) {
     case Producer::gradcam: wm = WeightMethod::gradcam; break;
     case Producer::gradcampp: wm = WeightMethod::gradcampp; break;
@@ -1450,7 +1451,6 @@ Guarded<float> run_producer(Producer p, const Tensor& A, const Tensor& g) {
     case Producer::hirescam: return run_elementwise(A, g, ElementwiseMethod::hirescam);
     case Producer::gradcam_elementwise: return run_elementwise(A, g, ElementwiseMethod::gradcam_elementwise);
   }
-  (void)em;
   const CamShape s = shape_of(A);
   const Guarded<float> w = run_weights(A, g, wm);
   Guarded<float> cam(s.batch * s.height * s.width, kNaN);
@@ -1702,7 +1702,8 @@ TEST(ThreadCount, NewOpsBitwiseSameWithOneAndTwoThreads) {
         OmpThreads scope(threads);
         EXPECT_EQ(omp_get_max_threads(), threads);
         Outs o;
-        for (WeightMethod m : kWeightMethods) o.emplace_back(std::string("weights ") + method_name(m), run_weights(A, g, m));
+        for (WeightMethod m : kWeightMethods)
+          o.emplace_back(std::string("weights ") + method_name(m), run_weights(A, g, m));
         o.emplace_back("weighted_sum_relu", run_weighted_sum(A, wk));
         for (ElementwiseMethod m : kElementwiseMethods) o.emplace_back(method_name(m), run_elementwise(A, g, m));
         CamResult gc = run_gradcam_typed(A, g, H, W);

@@ -19,7 +19,7 @@ enum class ElementwiseMethod : uint8_t {
 template <ElementwiseMethod M>
 XCAM_HD float elementwise_term(float g, float a) {
   if constexpr (M == ElementwiseMethod::layercam) {
-    return relu(g) * a;
+    return relu_keep_nan(g) * a;  // NaN / -Inf gradients must reach the normaliser
   } else if constexpr (M == ElementwiseMethod::hirescam) {
     return g * a;
   } else {
