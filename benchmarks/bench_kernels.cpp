@@ -63,6 +63,9 @@ struct CamInputs {
   int64_t out_elems() const { return B * kOutH * kOutW; }
   // Bytes the map computation must move at least: read A and g, write the map.
   int64_t bytes() const { return static_cast<int64_t>(sizeof(float)) * (2 * in_elems() + out_elems()); }
+  // A and g as B x K x h x w tensors over the vectors above (no copy).
+  at::Tensor activations_tensor() { return at::from_blob(activations.data(), {B, K, h, w}, at::kFloat); }
+  at::Tensor gradients_tensor() { return at::from_blob(gradients.data(), {B, K, h, w}, at::kFloat); }
 };
 
 // B, K, hw from the benchmark arguments first, first + 1, first + 2.
@@ -105,9 +108,7 @@ void BM_GradCamFused(benchmark::State& state) {
 void BM_GradCamAtenChain(benchmark::State& state) {
   c10::InferenceMode guard;
   CamInputs in = make_inputs(state);  // sets ATen's and OpenMP's thread counts
-  const std::vector<int64_t> sizes = {in.B, in.K, in.h, in.w};
-  const at::Tensor A = at::from_blob(in.activations.data(), sizes, at::kFloat);
-  const at::Tensor g = at::from_blob(in.gradients.data(), sizes, at::kFloat);
+  const at::Tensor A = in.activations_tensor(), g = in.gradients_tensor();
   for (auto _ : state) {
     const at::Tensor w = g.mean({2, 3}, /*keepdim=*/true);
     const at::Tensor cam = (w * A).sum(1, /*keepdim=*/true).relu();
@@ -198,9 +199,7 @@ void BM_ChannelWeightsFused(benchmark::State& state) {
 void BM_ChannelWeightsAtenChain(benchmark::State& state) {
   c10::InferenceMode guard;
   CamInputs in = make_inputs(state, 1);
-  const std::vector<int64_t> sizes = {in.B, in.K, in.h, in.w};
-  const at::Tensor A = at::from_blob(in.activations.data(), sizes, at::kFloat);
-  const at::Tensor g = at::from_blob(in.gradients.data(), sizes, at::kFloat);
+  const at::Tensor A = in.activations_tensor(), g = in.gradients_tensor();
   const int64_t method = state.range(0);
   for (auto _ : state) {
     at::Tensor w;
@@ -258,7 +257,7 @@ void BM_WeightedSumAtenChain(benchmark::State& state) {
   c10::InferenceMode guard;
   CamInputs in = make_inputs(state);
   std::vector<float> weights = make_weights(in.B * in.K);
-  const at::Tensor A = at::from_blob(in.activations.data(), {in.B, in.K, in.h, in.w}, at::kFloat);
+  const at::Tensor A = in.activations_tensor();
   const at::Tensor w = at::from_blob(weights.data(), {in.B, in.K, 1, 1}, at::kFloat);
   for (auto _ : state) {
     const at::Tensor cam = (w * A).sum(1).relu();
@@ -299,9 +298,7 @@ void BM_ElementwiseFused(benchmark::State& state) {
 void BM_ElementwiseAtenChain(benchmark::State& state) {
   c10::InferenceMode guard;
   CamInputs in = make_inputs(state, 1);
-  const std::vector<int64_t> sizes = {in.B, in.K, in.h, in.w};
-  const at::Tensor A = at::from_blob(in.activations.data(), sizes, at::kFloat);
-  const at::Tensor g = at::from_blob(in.gradients.data(), sizes, at::kFloat);
+  const at::Tensor A = in.activations_tensor(), g = in.gradients_tensor();
   const int64_t method = state.range(0);
   for (auto _ : state) {
     at::Tensor cam;

@@ -32,55 +32,14 @@
 #include "xcam/kernels/pool.h"
 #include "xcam/kernels/scorecam.h"
 #include "xcam/kernels/weighted_sum.h"
+#include "kernel_test_util.h"
+#include "kernel_test_util_aten.h"
 
 namespace {
 
 using namespace xcam::kernels;
+using namespace xcam::kernels::test_util;
 using at::Tensor;
-
-// A fresh seed per test, reported on failure (as in test_kernels.cpp).
-class Rng {
- public:
-  Rng() : seed_(pick_seed()), gen_(at::detail::createCPUGenerator(seed_)) {}
-  std::string trace() const {
-    return "seed " + std::to_string(seed_) + " (replay: XCAM_TEST_SEED=" + std::to_string(seed_) + ")";
-  }
-  Tensor randn(at::IntArrayRef s) { return at::randn(s, gen_, at::kFloat); }
-  Tensor rand(at::IntArrayRef s) { return at::rand(s, gen_, at::kFloat); }
-  Tensor bytes(at::IntArrayRef s) { return at::randint(256, s, gen_, at::kByte); }
-
- private:
-  static uint64_t pick_seed() {
-    if (const char* s = std::getenv("XCAM_TEST_SEED")) return std::strtoull(s, nullptr, 10);
-    std::random_device rd;
-    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  }
-  uint64_t seed_;
-  at::Generator gen_;
-};
-
-constexpr std::array<WeightMethod, 3> kWeightMethods = {WeightMethod::gradcam, WeightMethod::gradcampp,
-                                                        WeightMethod::xgradcam};
-constexpr std::array<ElementwiseMethod, 3> kElementwiseMethods = {
-    ElementwiseMethod::layercam, ElementwiseMethod::hirescam, ElementwiseMethod::gradcam_elementwise};
-
-const char* dtype_name(DType d) {
-  switch (d) {
-    case DType::f32: return "f32";
-    case DType::f16: return "f16";
-    case DType::bf16: return "bf16";
-  }
-  return "unknown";
-}
-
-at::ScalarType scalar_type_of(DType d) {
-  switch (d) {
-    case DType::f32: return at::kFloat;
-    case DType::f16: return at::kHalf;
-    case DType::bf16: return at::kBFloat16;
-  }
-  return at::kFloat;
-}
 
 CamShape shape_of(const Tensor& t) { return {t.size(0), t.size(1), t.size(2), t.size(3)}; }
 float* fptr(const Tensor& t) { return t.data_ptr<float>(); }
@@ -122,14 +81,6 @@ void expect_error(const std::string& what, const std::function<void()>& f, std::
 // ---------------------------------------------------------------------------
 // The raw kernels on contiguous copies (the expected results).
 // ---------------------------------------------------------------------------
-
-DType dtype_of(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kHalf: return DType::f16;
-    case at::kBFloat16: return DType::bf16;
-    default: return DType::f32;
-  }
-}
 
 MapOutput raw_gradcam(const Tensor& A_in, const Tensor& g_in, int64_t H, int64_t W) {
   const Tensor A = A_in.contiguous(), g = g_in.contiguous();

@@ -37,18 +37,19 @@
 #include "xcam/kernels/pool.h"
 #include "xcam/kernels/scorecam.h"
 #include "xcam/kernels/weighted_sum.h"
+#include "kernel_test_util.h"
+#include "kernel_test_util_aten.h"
 
 namespace {
 
 using namespace xcam::kernels;
+using namespace xcam::kernels::test_util;
 using at::Tensor;
 
 constexpr double kRelTol = 1e-5;       // ||x - ref|| / ||ref|| per sample
 constexpr double kAbsTolUnit = 1e-4;   // max |x - ref| on maps in [0, 1]
 constexpr double kRefEps = 1e-7;       // SPEC 1.5
 constexpr int64_t kMaxElements = 30'000'000;  // B*K*h*w cap: the suite stays well under 60 s
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // ---------------------------------------------------------------------------
 // Threads: ATen's first parallel op on a thread calls omp_set_num_threads with
@@ -74,27 +75,6 @@ testing::Environment* const kKernelThreadsEnv = testing::AddGlobalTestEnvironmen
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-// A fresh seed per test, reported on failure.
-class Rng {
- public:
-  Rng() : seed_(pick_seed()), gen_(at::detail::createCPUGenerator(seed_)) {}
-  std::string trace() const { return "seed " + std::to_string(seed_) + " (replay: XCAM_TEST_SEED=" +
-                                     std::to_string(seed_) + ")"; }
-  Tensor randn(at::IntArrayRef s) { return at::randn(s, gen_, at::kFloat); }
-  Tensor rand(at::IntArrayRef s) { return at::rand(s, gen_, at::kFloat); }
-  Tensor bytes(at::IntArrayRef s) { return at::randint(256, s, gen_, at::kByte); }
-  int64_t index(int64_t n) { return at::randint(n, {1}, gen_, at::kLong).item<int64_t>(); }
-
- private:
-  static uint64_t pick_seed() {
-    if (const char* s = std::getenv("XCAM_TEST_SEED")) return std::strtoull(s, nullptr, 10);
-    std::random_device rd;
-    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  }
-  uint64_t seed_;
-  at::Generator gen_;
-};
 
 // An output buffer poisoned before the kernel runs, with poisoned guard zones
 // on both sides to catch writes out of bounds.
@@ -202,34 +182,6 @@ bool same_bits(const Guarded<T>& a, const Guarded<T>& b) {
 // Grad-CAM
 // ---------------------------------------------------------------------------
 
-struct CamCase {
-  int64_t B, K, h, w, H, W;
-};
-std::ostream& operator<<(std::ostream& os, const CamCase& c) {
-  return os << "B" << c.B << "_K" << c.K << "_" << c.h << "x" << c.w << "_to_" << c.H << "x" << c.W;
-}
-template <typename P>
-std::string param_name(const testing::TestParamInfo<P>& info) {
-  std::ostringstream os;
-  os << info.param;
-  std::string s = os.str();
-  for (char& ch : s)
-    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_') ch = '_';
-  return s;
-}
-
-// Low-resolution grids with the output size each is resized to: 1x1,
-// integer upscales (7, 14 -> 224), non-integer ones, a non-square grid, and a
-// downscale (56x56 -> 20x30).
-constexpr std::array<std::array<int64_t, 4>, 6> kCamGrids = {{
-    {1, 1, 224, 224},
-    {7, 7, 224, 224},
-    {14, 14, 224, 224},
-    {16, 8, 50, 37},
-    {24, 36, 100, 130},
-    {56, 56, 20, 30},
-}};
-
 std::vector<CamCase> gradcam_cases() {
   std::vector<CamCase> cases;
   for (int64_t B : {1, 3, 16})
@@ -330,10 +282,13 @@ TEST(GradCam, SmallRangeMapsKeepTheSpecEpsilon) {
 
 constexpr int64_t kDegB = 3, kDegK = 64, kDegH = 7, kDegW = 7, kDegOutH = 224, kDegOutW = 224;
 
-void expect_degenerate(const Tensor& A, const Tensor& g, int64_t bad_sample, uint8_t bad_status) {
+// Grad-CAM of A, g at kDegOutH x kDegOutW: `bad_sample` comes out all zeros
+// with `bad_status` (`kind` names it in messages); the other samples, if any,
+// match the float64 reference.
+void expect_zeroed_sample(const Tensor& A, const Tensor& g, int64_t bad_sample, uint8_t bad_status,
+                          const std::string& kind) {
   const int64_t B = A.size(0), h = A.size(2), w = A.size(3);
   const CamResult r = run_gradcam(A, g, kDegOutH, kDegOutW);
-  const CamRef ref = gradcam_ref(A, g, kDegOutH, kDegOutW);
   std::vector<uint8_t> want(static_cast<size_t>(B), kCamOk);
   want[bad_sample] = bad_status;
   expect_status(r.status, want, "status");
@@ -342,13 +297,20 @@ void expect_degenerate(const Tensor& A, const Tensor& g, int64_t bad_sample, uin
 
   const Tensor low = r.lowres.tensor({B, h, w}), out = r.out.tensor({B, kDegOutH, kDegOutW});
   // The bad sample: exact zeros (also: no NaN).
-  EXPECT_EQ(at::count_nonzero(low[bad_sample]).item<int64_t>(), 0) << "lowres of the degenerate sample";
-  EXPECT_EQ(at::count_nonzero(out[bad_sample]).item<int64_t>(), 0) << "out of the degenerate sample";
+  EXPECT_EQ(at::count_nonzero(low[bad_sample]).item<int64_t>(), 0) << "lowres of the " << kind << " sample";
+  EXPECT_EQ(at::count_nonzero(out[bad_sample]).item<int64_t>(), 0) << "out of the " << kind << " sample";
   // The others: correct.
-  std::vector<bool> skip(static_cast<size_t>(B), false);
-  skip[bad_sample] = true;
-  expect_near_ref(low, ref.lowres, true, "lowres", skip);
-  expect_near_ref(out, ref.out, true, "out", skip);
+  if (B > 1) {
+    const CamRef ref = gradcam_ref(A, g, kDegOutH, kDegOutW);
+    std::vector<bool> skip(static_cast<size_t>(B), false);
+    skip[bad_sample] = true;
+    expect_near_ref(low, ref.lowres, true, "lowres", skip);
+    expect_near_ref(out, ref.out, true, "out", skip);
+  }
+}
+
+void expect_degenerate(const Tensor& A, const Tensor& g, int64_t bad_sample, uint8_t bad_status) {
+  expect_zeroed_sample(A, g, bad_sample, bad_status, "degenerate");
 }
 
 TEST(GradCamDegenerate, ZeroGradientsGiveZeroMap) {
@@ -436,22 +398,7 @@ TEST_P(GradCamNonFinite, FlagsOnlyThatSampleAndZeroesIt) {
   Tensor& t = p.in_gradients ? g : A;
   t[p.sample][k].view({-1})[pos] = p.value;
 
-  const CamResult r = run_gradcam(A, g, kDegOutH, kDegOutW);
-  std::vector<uint8_t> want(static_cast<size_t>(p.B), kCamOk);
-  want[p.sample] = kCamNonFinite;
-  expect_status(r.status, want, "status");
-  EXPECT_TRUE(r.lowres.guards_intact());
-  EXPECT_TRUE(r.out.guards_intact());
-  const Tensor low = r.lowres.tensor({p.B, h, w}), out = r.out.tensor({p.B, kDegOutH, kDegOutW});
-  EXPECT_EQ(at::count_nonzero(low[p.sample]).item<int64_t>(), 0) << "lowres of the non-finite sample";
-  EXPECT_EQ(at::count_nonzero(out[p.sample]).item<int64_t>(), 0) << "out of the non-finite sample";
-  if (p.B > 1) {
-    const CamRef ref = gradcam_ref(A, g, kDegOutH, kDegOutW);
-    std::vector<bool> skip(static_cast<size_t>(p.B), false);
-    skip[p.sample] = true;
-    expect_near_ref(low, ref.lowres, true, "lowres", skip);
-    expect_near_ref(out, ref.out, true, "out", skip);
-  }
+  expect_zeroed_sample(A, g, p.sample, kCamNonFinite, "non-finite");
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, GradCamNonFinite, testing::ValuesIn(plant_cases()), param_name<PlantCase>);
@@ -460,19 +407,19 @@ INSTANTIATE_TEST_SUITE_P(Kernels, GradCamNonFinite, testing::ValuesIn(plant_case
 // minmax_normalize_cpu
 // ---------------------------------------------------------------------------
 
-struct NormCase {
-  int64_t B, h, w;
-};
-std::ostream& operator<<(std::ostream& os, const NormCase& c) {
-  return os << "B" << c.B << "_" << c.h << "x" << c.w;
-}
-
 std::vector<NormCase> norm_cases() {
   std::vector<NormCase> cases;
   for (int64_t B : {1, 3, 16})
     for (const auto& hw : std::vector<std::array<int64_t, 2>>{{1, 1}, {7, 7}, {16, 8}, {24, 36}, {56, 56}, {224, 224}})
       cases.push_back({B, hw[0], hw[1]});
   return cases;
+}
+
+// A copy of the float32 tensor x in a guarded buffer.
+Guarded<float> guarded_copy(const Tensor& x) {
+  Guarded<float> buf(x.numel(), kNaN);
+  std::memcpy(buf.data(), fptr(x), sizeof(float) * static_cast<size_t>(x.numel()));
+  return buf;
 }
 
 class MinMaxNormalizeShapes : public testing::TestWithParam<NormCase> {};
@@ -483,8 +430,7 @@ TEST_P(MinMaxNormalizeShapes, MatchesFloat64Reference) {
   Rng rng;
   SCOPED_TRACE(rng.trace());
   const Tensor x = rng.randn({c.B, c.h, c.w}) * 3.f + 1.f;
-  Guarded<float> buf(c.B * n, kNaN);
-  std::memcpy(buf.data(), fptr(x), sizeof(float) * c.B * n);
+  Guarded<float> buf = guarded_copy(x);
   Guarded<uint8_t> status(c.B, 0xEE);
   minmax_normalize_cpu(buf.data(), c.B, n, status.data());
 
@@ -493,8 +439,7 @@ TEST_P(MinMaxNormalizeShapes, MatchesFloat64Reference) {
   expect_near_ref(buf.tensor({c.B, c.h, c.w}), minmax_ref(x.to(at::kDouble)), true, "normalised");
 
   // status may be null; the values are the same.
-  Guarded<float> again(c.B * n, kNaN);
-  std::memcpy(again.data(), fptr(x), sizeof(float) * c.B * n);
+  Guarded<float> again = guarded_copy(x);
   minmax_normalize_cpu(again.data(), c.B, n, nullptr);
   EXPECT_TRUE(same_bits(buf, again)) << "result differs with status == nullptr";
 }
@@ -507,8 +452,7 @@ TEST(MinMaxNormalize, SmallRangeKeepsTheSpecEpsilon) {
   Rng rng;
   SCOPED_TRACE(rng.trace());
   const Tensor x = rng.randn({B, n}) * 2e-6f;
-  Guarded<float> buf(B * n, kNaN);
-  std::memcpy(buf.data(), fptr(x), sizeof(float) * B * n);
+  Guarded<float> buf = guarded_copy(x);
   minmax_normalize_cpu(buf.data(), B, n, nullptr);
   expect_near_ref(buf.tensor({B, n}), minmax_ref(x.to(at::kDouble)), true, "normalised");
 }
@@ -523,8 +467,7 @@ TEST(MinMaxNormalize, DegenerateRowsAreZeroedAndFlaggedPerSample) {
   x[3].view({-1})[rng.index(n)] = kInf;        // +Inf
   x[4].view({-1})[rng.index(n)] = -kInf;       // -Inf
   x[5].zero_();                                // constant zero (e.g. all-negative cam after relu)
-  Guarded<float> buf(B * n, kNaN);
-  std::memcpy(buf.data(), fptr(x), sizeof(float) * B * n);
+  Guarded<float> buf = guarded_copy(x);
   Guarded<uint8_t> status(B, 0xEE);
   minmax_normalize_cpu(buf.data(), B, n, status.data());
 
@@ -541,15 +484,6 @@ TEST(MinMaxNormalize, DegenerateRowsAreZeroedAndFlaggedPerSample) {
 // ---------------------------------------------------------------------------
 // resize_bilinear_cpu
 // ---------------------------------------------------------------------------
-
-struct ResizeCase {
-  int64_t B, h, w, H, W;
-  bool align_corners;
-};
-std::ostream& operator<<(std::ostream& os, const ResizeCase& c) {
-  return os << "B" << c.B << "_" << c.h << "x" << c.w << "_to_" << c.H << "x" << c.W
-            << (c.align_corners ? "_align_corners" : "_half_pixel");
-}
 
 std::vector<ResizeCase> resize_cases() {
   const std::vector<std::array<int64_t, 4>> sizes = {
@@ -583,17 +517,6 @@ INSTANTIATE_TEST_SUITE_P(Kernels, ResizeBilinearShapes, testing::ValuesIn(resize
 // aggregate_layers_cpu
 // ---------------------------------------------------------------------------
 
-struct AggCase {
-  int64_t B;
-  std::vector<std::array<int64_t, 2>> grids;
-  int64_t H, W;
-};
-std::ostream& operator<<(std::ostream& os, const AggCase& c) {
-  os << "B" << c.B;
-  for (const auto& g : c.grids) os << "_" << g[0] << "x" << g[1];
-  return os << "_to_" << c.H << "x" << c.W;
-}
-
 std::vector<AggCase> agg_cases() {
   const std::vector<AggCase> base = {
       {0, {{7, 7}, {14, 14}}, 224, 224},
@@ -611,26 +534,40 @@ std::vector<AggCase> agg_cases() {
   return cases;
 }
 
+// Normalised B x h x w maps, as the per-layer Grad-CAM produces them.
+Tensor normalized_maps(Rng& rng, int64_t B, int64_t h, int64_t w) {
+  return minmax_ref(rng.randn({B, h, w}).to(at::kDouble)).to(at::kFloat).contiguous();
+}
+
+struct AggResult {
+  Guarded<float> out;
+  Guarded<uint8_t> status;
+};
+
+// aggregate_layers_cpu of B x h_l x w_l float32 maps (contiguous) to H x W.
+AggResult run_aggregate(const std::vector<Tensor>& maps, int64_t B, int64_t H, int64_t W) {
+  std::vector<const float*> ptrs;
+  std::vector<int64_t> hs, ws;
+  for (const Tensor& m : maps) {
+    ptrs.push_back(fptr(m));
+    hs.push_back(m.size(1));
+    ws.push_back(m.size(2));
+  }
+  AggResult r{Guarded<float>(B * H * W, kNaN), Guarded<uint8_t>(B, 0xEE)};
+  aggregate_layers_cpu(ptrs.data(), hs.data(), ws.data(), static_cast<int64_t>(maps.size()), B, H, W, r.out.data(),
+                       r.status.data());
+  return r;
+}
+
 class AggregateLayersShapes : public testing::TestWithParam<AggCase> {};
 
 TEST_P(AggregateLayersShapes, MatchesFloat64Reference) {
   const AggCase c = GetParam();
-  const int64_t L = static_cast<int64_t>(c.grids.size());
   Rng rng;
   SCOPED_TRACE(rng.trace());
-  // Normalised per-layer maps, as the per-layer Grad-CAM produces them.
   std::vector<Tensor> maps;
-  std::vector<const float*> ptrs;
-  std::vector<int64_t> hs, ws;
-  for (const auto& g : c.grids) {
-    maps.push_back(minmax_ref(rng.randn({c.B, g[0], g[1]}).to(at::kDouble)).to(at::kFloat).contiguous());
-    ptrs.push_back(fptr(maps.back()));
-    hs.push_back(g[0]);
-    ws.push_back(g[1]);
-  }
-  Guarded<float> out(c.B * c.H * c.W, kNaN);
-  Guarded<uint8_t> status(c.B, 0xEE);
-  aggregate_layers_cpu(ptrs.data(), hs.data(), ws.data(), L, c.B, c.H, c.W, out.data(), status.data());
+  for (const auto& g : c.grids) maps.push_back(normalized_maps(rng, c.B, g[0], g[1]));
+  const auto [out, status] = run_aggregate(maps, c.B, c.H, c.W);
 
   // SPEC 1.7: resize each normalised map, stack, relu, mean, min-max.
   std::vector<Tensor> resized;
@@ -650,11 +587,7 @@ TEST(AggregateLayers, RelusEachResizedLayer) {
   Rng rng;
   SCOPED_TRACE(rng.trace());
   const Tensor a = rng.randn({B, 7, 7}), b = rng.randn({B, 24, 36});
-  const float* ptrs[] = {fptr(a), fptr(b)};
-  const int64_t hs[] = {7, 24}, ws[] = {7, 36};
-  Guarded<float> out(B * H * W, kNaN);
-  Guarded<uint8_t> status(B, 0xEE);
-  aggregate_layers_cpu(ptrs, hs, ws, 2, B, H, W, out.data(), status.data());
+  const auto [out, status] = run_aggregate({a, b}, B, H, W);
   const Tensor mean = at::stack({resize_ref(a.to(at::kDouble), H, W, false), resize_ref(b.to(at::kDouble), H, W, false)})
                           .relu()
                           .mean(0);
@@ -667,15 +600,11 @@ TEST(AggregateLayers, ConstantLayersGiveZeroMap) {
   constexpr int64_t B = 3, H = 64, W = 48;
   Rng rng;
   SCOPED_TRACE(rng.trace());
-  Tensor a = minmax_ref(rng.randn({B, 7, 7}).to(at::kDouble)).to(at::kFloat).contiguous();
-  Tensor b = minmax_ref(rng.randn({B, 14, 14}).to(at::kDouble)).to(at::kFloat).contiguous();
+  Tensor a = normalized_maps(rng, B, 7, 7);
+  Tensor b = normalized_maps(rng, B, 14, 14);
   a[1].zero_();  // both layers of sample 1 were constant maps (zeros after normalisation)
   b[1].zero_();
-  const float* ptrs[] = {fptr(a), fptr(b)};
-  const int64_t hs[] = {7, 14}, ws[] = {7, 14};
-  Guarded<float> out(B * H * W, kNaN);
-  Guarded<uint8_t> status(B, 0xEE);
-  aggregate_layers_cpu(ptrs, hs, ws, 2, B, H, W, out.data(), status.data());
+  const auto [out, status] = run_aggregate({a, b}, B, H, W);
   expect_status(status, {kCamOk, kCamConstant, kCamOk}, "status");
   const Tensor got = out.tensor({B, H, W});
   EXPECT_EQ(at::count_nonzero(got[1]).item<int64_t>(), 0);
@@ -689,14 +618,10 @@ TEST(AggregateLayers, NaNInALayerMapIsFlaggedNotMasked) {
   constexpr int64_t B = 3, H = 64, W = 48;
   Rng rng;
   SCOPED_TRACE(rng.trace());
-  Tensor a = minmax_ref(rng.randn({B, 7, 7}).to(at::kDouble)).to(at::kFloat).contiguous();
-  Tensor b = minmax_ref(rng.randn({B, 14, 14}).to(at::kDouble)).to(at::kFloat).contiguous();
+  Tensor a = normalized_maps(rng, B, 7, 7);
+  Tensor b = normalized_maps(rng, B, 14, 14);
   b[2].view({-1})[rng.index(14 * 14)] = kNaN;
-  const float* ptrs[] = {fptr(a), fptr(b)};
-  const int64_t hs[] = {7, 14}, ws[] = {7, 14};
-  Guarded<float> out(B * H * W, kNaN);
-  Guarded<uint8_t> status(B, 0xEE);
-  aggregate_layers_cpu(ptrs, hs, ws, 2, B, H, W, out.data(), status.data());
+  const auto [out, status] = run_aggregate({a, b}, B, H, W);
   expect_status(status, {kCamOk, kCamOk, kCamNonFinite}, "status");
   const Tensor got = out.tensor({B, H, W});
   EXPECT_EQ(at::count_nonzero(got[2]).item<int64_t>(), 0);
@@ -706,14 +631,6 @@ TEST(AggregateLayers, NaNInALayerMapIsFlaggedNotMasked) {
 // ---------------------------------------------------------------------------
 // colormap_overlay_cpu
 // ---------------------------------------------------------------------------
-
-struct OverlayCase {
-  int64_t h, w;
-  float image_weight;
-};
-std::ostream& operator<<(std::ostream& os, const OverlayCase& c) {
-  return os << c.h << "x" << c.w << "_a" << static_cast<int>(std::lround(c.image_weight * 100)) << "pct";
-}
 
 std::vector<OverlayCase> overlay_cases() {
   std::vector<OverlayCase> cases;
@@ -888,7 +805,7 @@ TEST(ThreadCount, NormalizeResizeAggregateOverlayBitwiseSame) {
   SCOPED_TRACE(rng.trace());
   constexpr int64_t B = 5, h = 24, w = 36, H = 100, W = 130;
   const Tensor x = rng.randn({B, h, w});
-  const Tensor m2 = minmax_ref(rng.randn({B, 12, 18}).to(at::kDouble)).to(at::kFloat).contiguous();
+  const Tensor m2 = normalized_maps(rng, B, 12, 18);
   const Tensor map = rng.rand({H * W}), lut = rng.bytes({768}), image = rng.bytes({H * W * 3});
   struct Outs {
     Guarded<float> norm{B * h * w, kNaN}, resized{B * H * W, kNaN}, agg{B * H * W, kNaN};
@@ -924,55 +841,6 @@ TEST(ThreadCount, NormalizeResizeAggregateOverlayBitwiseSame) {
 constexpr double kHalfRelTol = 5e-3;           // f16 / bf16 inputs (and max abs error on unit maps)
 constexpr int64_t kOpMaxElements = 2'000'000;  // B*K*h*w cap of the float32 cases of the new ops
 constexpr int64_t kHalfMaxElements = 500'000;  // ... of the f16 / bf16 cases (the suite stays short)
-constexpr std::array<DType, 3> kDTypes = {DType::f32, DType::f16, DType::bf16};
-constexpr std::array<WeightMethod, 3> kWeightMethods = {WeightMethod::gradcam, WeightMethod::gradcampp,
-                                                        WeightMethod::xgradcam};
-constexpr std::array<ElementwiseMethod, 3> kElementwiseMethods = {
-    ElementwiseMethod::layercam, ElementwiseMethod::hirescam, ElementwiseMethod::gradcam_elementwise};
-
-const char* dtype_name(DType d) {
-  switch (d) {
-    case DType::f32: return "f32";
-    case DType::f16: return "f16";
-    case DType::bf16: return "bf16";
-  }
-  return "unknown";
-}
-
-at::ScalarType scalar_type_of(DType d) {
-  switch (d) {
-    case DType::f32: return at::kFloat;
-    case DType::f16: return at::kHalf;
-    case DType::bf16: return at::kBFloat16;
-  }
-  return at::kFloat;
-}
-
-DType dtype_of(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kHalf: return DType::f16;
-    case at::kBFloat16: return DType::bf16;
-    default: return DType::f32;
-  }
-}
-
-const char* method_name(WeightMethod m) {
-  switch (m) {
-    case WeightMethod::gradcam: return "gradcam";
-    case WeightMethod::gradcampp: return "gradcampp";
-    case WeightMethod::xgradcam: return "xgradcam";
-  }
-  return "unknown";
-}
-
-const char* method_name(ElementwiseMethod m) {
-  switch (m) {
-    case ElementwiseMethod::layercam: return "layercam";
-    case ElementwiseMethod::hirescam: return "hirescam";
-    case ElementwiseMethod::gradcam_elementwise: return "gradcam_elementwise";
-  }
-  return "unknown";
-}
 
 // float32 randoms rounded to the kernel's input type (contiguous). References
 // convert these rounded values to float64, so a half case measures the

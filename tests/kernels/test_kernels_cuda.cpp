@@ -38,15 +38,15 @@
 #include "xcam/kernels/scorecam.h"
 #include "xcam/kernels/types.h"
 #include "xcam/kernels/weighted_sum.h"
+#include "kernel_test_util.h"
 
 namespace {
 
 using namespace xcam::kernels;
+using namespace xcam::kernels::test_util;
 
 constexpr double kRelTol = 1e-5;             // ||cuda - cpu|| / ||cpu|| per sample
 constexpr int64_t kMaxElements = 8'000'000;  // B*K*h*w cap per case (the CPU twin is the oracle)
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // cudaGetDeviceCount succeeds and finds a device. Called inside tests only:
 // gtest_discover_tests runs the binary without a GPU to list the tests.
@@ -71,10 +71,8 @@ void cuda_ok(cudaError_t err, const char* what) {
 
 class Rng {
  public:
-  Rng() : seed_(pick_seed()), gen_(seed_) {}
-  std::string trace() const {
-    return "seed " + std::to_string(seed_) + " (replay: XCAM_TEST_SEED=" + std::to_string(seed_) + ")";
-  }
+  Rng() : seed_(pick_test_seed()), gen_(seed_) {}
+  std::string trace() const { return seed_trace(seed_); }
   std::vector<float> normal(int64_t n, float scale = 1.f, float shift = 0.f) {
     std::normal_distribution<float> d(shift, scale);
     std::vector<float> v(static_cast<size_t>(n));
@@ -96,23 +94,9 @@ class Rng {
   int64_t index(int64_t n) { return std::uniform_int_distribution<int64_t>(0, n - 1)(gen_); }
 
  private:
-  static uint64_t pick_seed() {
-    if (const char* s = std::getenv("XCAM_TEST_SEED")) return std::strtoull(s, nullptr, 10);
-    std::random_device rd;
-    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  }
   uint64_t seed_;
   std::mt19937_64 gen_;
 };
-
-const char* dtype_name(DType d) {
-  switch (d) {
-    case DType::f32: return "f32";
-    case DType::f16: return "f16";
-    case DType::bf16: return "bf16";
-  }
-  return "?";
-}
 
 // float -> half / bfloat16 bits, truncating: both twins decode the same
 // bits, so the rounding of the test's inputs does not matter; Inf and NaN
@@ -305,39 +289,29 @@ int64_t count_nonzero(const std::vector<float>& v, int64_t begin, int64_t end) {
   return n;
 }
 
-template <typename P>
-std::string param_name(const testing::TestParamInfo<P>& info) {
-  std::ostringstream os;
-  os << info.param;
-  std::string s = os.str();
-  for (char& ch : s)
-    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_') ch = '_';
-  return s;
+// `cuda(out, ctx)` writes n floats into a poisoned, guarded device buffer on a
+// fresh Context, `cpu(want)` the same n floats on the host: the guards must be
+// intact, (with check_temporaries) every temporary released, and each of the
+// `samples` rows must match by relative norm.
+template <typename Cuda, typename Cpu>
+void expect_twins_match(int64_t n, int64_t samples, const std::string& what, Cuda&& cuda, Cpu&& cpu,
+                        bool check_temporaries = true) {
+  Context ctx;
+  DeviceBuffer<float> out(n);
+  cuda(out.data(), ctx.get());
+  ctx.sync();
+  EXPECT_TRUE(out.guards_intact());
+  if (check_temporaries) {
+    EXPECT_EQ(ctx.outstanding(), 0);
+  }
+  std::vector<float> want(static_cast<size_t>(n));
+  cpu(want.data());
+  expect_near(out.download(), want, samples, what);
 }
-
-constexpr std::array<DType, 3> kDTypes = {DType::f32, DType::f16, DType::bf16};
 
 // ---------------------------------------------------------------------------
 // Grad-CAM (fused)
 // ---------------------------------------------------------------------------
-
-struct CamCase {
-  int64_t B, K, h, w, H, W;
-};
-std::ostream& operator<<(std::ostream& os, const CamCase& c) {
-  return os << "B" << c.B << "_K" << c.K << "_" << c.h << "x" << c.w << "_to_" << c.H << "x" << c.W;
-}
-
-// Low-resolution grids with their output sizes, as test_kernels.cpp: 1x1,
-// integer upscales, non-integer ones, a non-square grid, a downscale.
-constexpr std::array<std::array<int64_t, 4>, 6> kCamGrids = {{
-    {1, 1, 224, 224},
-    {7, 7, 224, 224},
-    {14, 14, 224, 224},
-    {16, 8, 50, 37},
-    {24, 36, 100, 130},
-    {56, 56, 20, 30},
-}};
 
 std::vector<CamCase> cam_cases() {
   std::vector<CamCase> cases;
@@ -526,15 +500,6 @@ std::vector<ChannelCase> channel_cases() {
   return cases;
 }
 
-const char* method_name(WeightMethod m) {
-  switch (m) {
-    case WeightMethod::gradcam: return "gradcam";
-    case WeightMethod::gradcampp: return "gradcampp";
-    case WeightMethod::xgradcam: return "xgradcam";
-  }
-  return "?";
-}
-
 class ChannelWeightsCuda : public testing::TestWithParam<ChannelCase> {};
 
 TEST_P(ChannelWeightsCuda, MatchesCpuTwin) {
@@ -556,15 +521,12 @@ TEST_P(ChannelWeightsCuda, MatchesCpuTwin) {
     const auto dA = to_device(A), dg = to_device(G);
     for (WeightMethod m : {WeightMethod::gradcam, WeightMethod::gradcampp, WeightMethod::xgradcam}) {
       SCOPED_TRACE(method_name(m));
-      Context ctx;
-      DeviceBuffer<float> weights(c.B * c.K);
-      channel_weights_cuda(dA->data(), dg->data(), dt, s, m, weights.data(), ctx.get());
-      ctx.sync();
-      EXPECT_TRUE(weights.guards_intact());
-      EXPECT_EQ(ctx.outstanding(), 0);
-      std::vector<float> want(static_cast<size_t>(c.B * c.K));
-      channel_weights_cpu(A.data(), G.data(), dt, s, m, want.data());
-      expect_near(weights.download(), want, c.B, "weights");
+      expect_twins_match(
+          c.B * c.K, c.B, "weights",
+          [&](float* out, const CudaContext& ctx) {
+            channel_weights_cuda(dA->data(), dg->data(), dt, s, m, out, ctx);
+          },
+          [&](float* want) { channel_weights_cpu(A.data(), G.data(), dt, s, m, want); });
     }
   }
 }
@@ -585,15 +547,10 @@ TEST_P(WeightedSumCuda, MatchesCpuTwin) {
     SCOPED_TRACE(dtype_name(dt));
     const Encoded A(a, dt);
     const auto dA = to_device(A);
-    Context ctx;
-    DeviceBuffer<float> cam(c.B * c.h * c.w);
-    weighted_sum_relu_cuda(dA->data(), dt, s, dw->data(), cam.data(), ctx.get());
-    ctx.sync();
-    EXPECT_TRUE(cam.guards_intact());
-    EXPECT_EQ(ctx.outstanding(), 0);
-    std::vector<float> want(static_cast<size_t>(c.B * c.h * c.w));
-    weighted_sum_relu_cpu(A.data(), dt, s, weights.data(), want.data());
-    expect_near(cam.download(), want, c.B, "cam");
+    expect_twins_match(
+        c.B * c.h * c.w, c.B, "cam",
+        [&](float* cam, const CudaContext& ctx) { weighted_sum_relu_cuda(dA->data(), dt, s, dw->data(), cam, ctx); },
+        [&](float* want) { weighted_sum_relu_cpu(A.data(), dt, s, weights.data(), want); });
   }
 }
 
@@ -616,15 +573,10 @@ TEST_P(ElementwiseCamCuda, MatchesCpuTwin) {
     for (ElementwiseMethod m :
          {ElementwiseMethod::layercam, ElementwiseMethod::hirescam, ElementwiseMethod::gradcam_elementwise}) {
       SCOPED_TRACE("method " + std::to_string(static_cast<int>(m)));
-      Context ctx;
-      DeviceBuffer<float> cam(c.B * c.h * c.w);
-      elementwise_cam_cuda(dA->data(), dg->data(), dt, s, m, cam.data(), ctx.get());
-      ctx.sync();
-      EXPECT_TRUE(cam.guards_intact());
-      EXPECT_EQ(ctx.outstanding(), 0);
-      std::vector<float> want(static_cast<size_t>(c.B * c.h * c.w));
-      elementwise_cam_cpu(A.data(), G.data(), dt, s, m, want.data());
-      expect_near(cam.download(), want, c.B, "cam");
+      expect_twins_match(
+          c.B * c.h * c.w, c.B, "cam",
+          [&](float* cam, const CudaContext& ctx) { elementwise_cam_cuda(dA->data(), dg->data(), dt, s, m, cam, ctx); },
+          [&](float* want) { elementwise_cam_cpu(A.data(), G.data(), dt, s, m, want); });
     }
   }
 }
@@ -635,10 +587,6 @@ INSTANTIATE_TEST_SUITE_P(Kernels, ElementwiseCamCuda, testing::ValuesIn(channel_
 // Min-max normalisation, resize, normalise + resize
 // ---------------------------------------------------------------------------
 
-struct NormCase {
-  int64_t B, h, w;
-};
-std::ostream& operator<<(std::ostream& os, const NormCase& c) { return os << "B" << c.B << "_" << c.h << "x" << c.w; }
 std::vector<NormCase> norm_cases() {
   std::vector<NormCase> cases;
   for (int64_t B : {1, 3, 16})
@@ -703,14 +651,6 @@ TEST(MinMaxNormalizeCuda, DegenerateRowsAreZeroedAndFlaggedPerSample) {
   expect_near(got, want, B, "normalised");
 }
 
-struct ResizeCase {
-  int64_t B, h, w, H, W;
-  bool align_corners;
-};
-std::ostream& operator<<(std::ostream& os, const ResizeCase& c) {
-  return os << "B" << c.B << "_" << c.h << "x" << c.w << "_to_" << c.H << "x" << c.W
-            << (c.align_corners ? "_align_corners" : "_half_pixel");
-}
 std::vector<ResizeCase> resize_cases() {
   const std::vector<std::array<int64_t, 4>> sizes = {
       {1, 1, 224, 224}, {7, 7, 224, 224}, {14, 14, 224, 224}, {16, 8, 50, 37}, {24, 36, 100, 130},  {56, 56, 20, 30},
@@ -731,15 +671,14 @@ TEST_P(ResizeBilinearCuda, MatchesCpuTwin) {
   Rng rng;
   SCOPED_TRACE(rng.trace());
   const std::vector<float> x = rng.normal(c.B * c.h * c.w, 1.f, 0.5f);
-  Context ctx;
   const auto dx = to_device(x);
-  DeviceBuffer<float> out(c.B * c.H * c.W);
-  resize_bilinear_cuda(dx->data(), c.B, c.h, c.w, out.data(), c.H, c.W, c.align_corners, ctx.get());
-  ctx.sync();
-  EXPECT_TRUE(out.guards_intact());
-  std::vector<float> want(static_cast<size_t>(c.B * c.H * c.W));
-  resize_bilinear_cpu(x.data(), c.B, c.h, c.w, want.data(), c.H, c.W, c.align_corners);
-  expect_near(out.download(), want, c.B, "resized");
+  expect_twins_match(
+      c.B * c.H * c.W, c.B, "resized",
+      [&](float* out, const CudaContext& ctx) {
+        resize_bilinear_cuda(dx->data(), c.B, c.h, c.w, out, c.H, c.W, c.align_corners, ctx);
+      },
+      [&](float* want) { resize_bilinear_cpu(x.data(), c.B, c.h, c.w, want, c.H, c.W, c.align_corners); },
+      /*check_temporaries=*/false);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, ResizeBilinearCuda, testing::ValuesIn(resize_cases()), param_name<ResizeCase>);
@@ -781,17 +720,6 @@ INSTANTIATE_TEST_SUITE_P(Kernels, NormalizeResizeCuda, testing::ValuesIn(normali
 // Layer aggregation
 // ---------------------------------------------------------------------------
 
-struct AggCase {
-  int64_t B;
-  std::vector<std::array<int64_t, 2>> grids;
-  int64_t H, W;
-};
-std::ostream& operator<<(std::ostream& os, const AggCase& c) {
-  os << "B" << c.B;
-  if (c.grids.size() > 4) return os << "_" << c.grids.size() << "layers_to_" << c.H << "x" << c.W;
-  for (const auto& g : c.grids) os << "_" << g[0] << "x" << g[1];
-  return os << "_to_" << c.H << "x" << c.W;
-}
 std::vector<AggCase> agg_cases() {
   std::vector<std::array<int64_t, 2>> many;  // more layers than one launch takes (8)
   for (int64_t i = 1; i <= 11; ++i) many.push_back({i + 2, 2 * i + 1});
@@ -916,16 +844,14 @@ TEST_P(ScoreCamMasksCuda, MatchesCpuTwin) {
   const int64_t masks = c.k1 - c.k0, n = masks * c.C * c.H * c.W;
   const auto dA = to_device(A);
   const auto din = to_device(input);
-  Context ctx;
-  DeviceBuffer<float> out(n);
-  scorecam_masks_cuda(dA->data(), c.dtype, c.K, c.h, c.w, c.k0, c.k1, din->data(), c.C, c.H, c.W, out.data(),
-                      ctx.get());
-  ctx.sync();
-  EXPECT_TRUE(out.guards_intact());
-  EXPECT_EQ(ctx.outstanding(), 0);
-  std::vector<float> want(static_cast<size_t>(n));
-  scorecam_masks_cpu(A.data(), c.dtype, c.K, c.h, c.w, c.k0, c.k1, input.data(), c.C, c.H, c.W, want.data());
-  expect_near(out.download(), want, masks, "masked inputs");
+  expect_twins_match(
+      n, masks, "masked inputs",
+      [&](float* out, const CudaContext& ctx) {
+        scorecam_masks_cuda(dA->data(), c.dtype, c.K, c.h, c.w, c.k0, c.k1, din->data(), c.C, c.H, c.W, out, ctx);
+      },
+      [&](float* want) {
+        scorecam_masks_cpu(A.data(), c.dtype, c.K, c.h, c.w, c.k0, c.k1, input.data(), c.C, c.H, c.W, want);
+      });
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, ScoreCamMasksCuda, testing::ValuesIn(mask_cases()), param_name<MaskCase>);
@@ -934,13 +860,6 @@ INSTANTIATE_TEST_SUITE_P(Kernels, ScoreCamMasksCuda, testing::ValuesIn(mask_case
 // Colormap overlay
 // ---------------------------------------------------------------------------
 
-struct OverlayCase {
-  int64_t h, w;
-  float image_weight;
-};
-std::ostream& operator<<(std::ostream& os, const OverlayCase& c) {
-  return os << c.h << "x" << c.w << "_a" << static_cast<int>(std::lround(c.image_weight * 100)) << "pct";
-}
 std::vector<OverlayCase> overlay_cases() {
   std::vector<OverlayCase> cases;
   for (const auto& hw : std::vector<std::array<int64_t, 2>>{{1, 1}, {7, 5}, {224, 224}, {301, 517}, {1080, 1920}})

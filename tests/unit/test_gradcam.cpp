@@ -56,6 +56,23 @@ at::Tensor resize(const at::Tensor& maps, int64_t H, int64_t W) {
   return (r - lo) / (hi - lo + 1e-7);
 }
 
+// Sample ids "s0", "s1", ...
+std::vector<std::string> sample_ids(int64_t B) {
+  std::vector<std::string> ids;
+  for (int64_t b = 0; b < B; ++b) ids.push_back("s" + std::to_string(b));
+  return ids;
+}
+
+// The maps of the B = input.shape[0] samples of `input`, sample b for the
+// class targets.i64[b].
+std::vector<xcam::MapResult> explain_targets(xcam::Explainer& ex, const xcam::NpyArray& input,
+                                             const xcam::NpyArray& targets) {
+  const int64_t B = input.shape[0];
+  std::vector<std::vector<std::string>> req;
+  for (int64_t b = 0; b < B; ++b) req.push_back({std::to_string(targets.i64[b])});
+  return ex.explain_preprocessed(input.f32, B, sample_ids(B), req);
+}
+
 class GradCam : public ::testing::TestWithParam<Case> {
  protected:
   xcam::NpyArray load(const std::string& suffix) {
@@ -70,13 +87,7 @@ TEST_P(GradCam, MatchesFloat64Reference) {
   const auto targets = load("targets");
   const int64_t B = input.shape[0];
   xcam::Explainer ex(options(c, {c.layer}));
-  std::vector<std::string> ids;
-  std::vector<std::vector<std::string>> req;
-  for (int64_t b = 0; b < B; ++b) {
-    ids.push_back("s" + std::to_string(b));
-    req.push_back({std::to_string(targets.i64[b])});
-  }
-  const auto maps = ex.explain_preprocessed(input.f32, B, ids, req);
+  const auto maps = explain_targets(ex, input, targets);
   ASSERT_EQ(static_cast<int64_t>(maps.size()), B);
 
   // Reference: same taps, float64 math.
@@ -110,13 +121,7 @@ TEST_P(GradCam, MatchesPeerGoldens) {
   const auto peer_map = load(c.layer + "_map");
   const int64_t B = input.shape[0];
   xcam::Explainer ex(options(c, {c.layer}));
-  std::vector<std::string> ids;
-  std::vector<std::vector<std::string>> req;
-  for (int64_t b = 0; b < B; ++b) {
-    ids.push_back("s" + std::to_string(b));
-    req.push_back({std::to_string(targets.i64[b])});
-  }
-  const auto maps = ex.explain_preprocessed(input.f32, B, ids, req);
+  const auto maps = explain_targets(ex, input, targets);
   const auto& low = ex.last_lowres()[0].per_rank[0];
   ASSERT_EQ(low.size(), peer_low.f32.size());
   double low_err = 0, map_err = 0;
@@ -146,13 +151,7 @@ TEST(GradCamLayers, TwoLayersMatchPeerAggregation) {
   const auto peer = xcam::read_npy(xcam::test::data("golden/shapes_block3+block4_map.npy"));
   xcam::Explainer ex(options(c, {"block3", "block4"}));
   const int64_t B = input.shape[0];
-  std::vector<std::string> ids;
-  std::vector<std::vector<std::string>> req;
-  for (int64_t b = 0; b < B; ++b) {
-    ids.push_back("s" + std::to_string(b));
-    req.push_back({std::to_string(targets.i64[b])});
-  }
-  const auto maps = ex.explain_preprocessed(input.f32, B, ids, req);
+  const auto maps = explain_targets(ex, input, targets);
   double err = 0;
   for (int64_t b = 0; b < B; ++b)
     for (size_t i = 0; i < maps[b].map.size(); ++i)
@@ -164,8 +163,7 @@ TEST(GradCamTargets, TopKInOneForwardEqualsSingleTargets) {
   const Case c = kCases[0];
   const auto input = xcam::read_npy(xcam::test::data("golden/shapes_input.npy"));
   const int64_t B = input.shape[0];
-  std::vector<std::string> ids;
-  for (int64_t b = 0; b < B; ++b) ids.push_back("s" + std::to_string(b));
+  const std::vector<std::string> ids = sample_ids(B);
   auto o = options(c, {"block4"});
   o.targets = {"top3"};
   xcam::Explainer ex(o);
