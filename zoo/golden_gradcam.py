@@ -19,6 +19,11 @@ Writes float32 / int64 .npy files (N = samples):
   resnet18_targets.npy           2
   resnet18_layer4_lowres.npy     2 x 7 x 7
   resnet18_layer4_map.npy        2 x 224 x 224
+and, for the other methods both libraries have (run_methods, token = file-name tag):
+  <model>_<layer>_<token>_map.npy          B x H x W   cam(input, targets), token in
+      gradcampp xgradcam layercam hirescam gradcam-elementwise eigencam eigengradcam scorecam
+  <model>_<layer>_<token>_map_flipped.npy  B x H x W   eigencam / eigengradcam only: the same
+      pipeline with the projection negated (pgc's SVD sign is arbitrary, issues #315/#364)
 """
 import argparse
 import importlib.metadata
@@ -39,7 +44,8 @@ import export_torchvision  # noqa: E402
 import shapes  # noqa: E402
 
 try:
-    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus,
+                                  HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 except ImportError:
@@ -114,9 +120,54 @@ def run_gradcam(model, layers, input_tensor, target_ids, lowres_layer=None):
     return np.float32(heat), None if low is None else np.float32(low)
 
 
+class FlippedEigenCAM(EigenCAM):
+    """EigenCAM with the sign of pgc's projection negated; the rest is pgc's own
+    pipeline (relu, scale_cam_image, resize, aggregate_multi_layers)."""
+
+    def get_cam_image(self, *args, **kwargs):
+        return -super().get_cam_image(*args, **kwargs)
+
+
+class FlippedEigenGradCAM(EigenGradCAM):
+    def get_cam_image(self, *args, **kwargs):
+        return -super().get_cam_image(*args, **kwargs)
+
+
+# file-name token -> (pgc class, its sign-flipped twin or None)
+METHODS = [
+    ("gradcampp", GradCAMPlusPlus, None),
+    ("xgradcam", XGradCAM, None),
+    ("layercam", LayerCAM, None),
+    ("hirescam", HiResCAM, None),
+    ("gradcam-elementwise", GradCAMElementWise, None),
+    ("eigencam", EigenCAM, FlippedEigenCAM),
+    ("eigengradcam", EigenGradCAM, FlippedEigenGradCAM),
+    ("scorecam", ScoreCAM, None),
+]
+
+
+def run_methods(out_dir, prefix, model, layer, input_tensor, target_ids):
+    """<prefix>_<token>_map.npy (and _map_flipped.npy for the eigen methods) for every
+    method of METHODS on one target layer."""
+    targets = [ClassifierOutputTarget(int(c)) for c in target_ids]
+
+    def one(cls):
+        cam = cls(model=model, target_layers=[layer])
+        if cls is ScoreCAM:
+            cam.batch_size = 32
+        heat = cam(input_tensor=input_tensor, targets=targets)
+        cam.activations_and_grads.release()
+        return np.float32(heat)
+
+    for token, cls, flipped in METHODS:
+        save(out_dir, f"{prefix}_{token}_map.npy", one(cls))
+        if flipped is not None:
+            save(out_dir, f"{prefix}_{token}_map_flipped.npy", one(flipped))
+
+
 def save(out_dir, name, array):
     np.save(os.path.join(out_dir, name), array)
-    print(f"  {name:30s} {array.dtype} {tuple(array.shape)}")
+    print(f"  {name:44s} {array.dtype} {tuple(array.shape)}")
 
 
 def main():
@@ -147,6 +198,7 @@ def main():
     save(args.out, "shapes_block4_map.npy", heat)
     heat, _ = run_gradcam(model, [model.block3, model.block4], x, t)
     save(args.out, "shapes_block3+block4_map.npy", heat)
+    run_methods(args.out, "shapes_block4", model, model.block4, x, t)
 
     # ResNet-18 with the seeded weights of its TorchScript export.
     model = export_torchvision.build("resnet18", 0)
@@ -157,6 +209,7 @@ def main():
     heat, low = run_gradcam(model, [model.layer4], x, t, lowres_layer=0)
     save(args.out, "resnet18_layer4_lowres.npy", low)
     save(args.out, "resnet18_layer4_map.npy", heat)
+    run_methods(args.out, "resnet18_layer4", model, model.layer4, x, t)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,163 @@
+// Every CAM method xcam shares with the peer library (pytorch-grad-cam 1.5.5),
+// end to end through the Explainer, against golden maps the peer wrote
+// (zoo/golden_gradcam.py, tests/data/golden/<model>_<layer>_<method>_map.npy).
+// Grad-CAM itself is covered by test_gradcam.cpp.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "../common.h"
+#include "xcam/explainer.h"
+#include "xcam/io.h"
+
+namespace {
+
+struct ModelCase {
+  std::string name, model, layer;
+  int64_t size;
+  std::string golden;  // prefix in tests/data/golden
+};
+
+struct MethodCase {
+  std::string method;  // ExplainerOptions::method
+  std::string token;   // golden file-name tag
+  bool sign_free;      // eigen methods: the peer's sign is arbitrary
+};
+
+struct Case {
+  ModelCase m;
+  MethodCase k;
+  friend std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.m.name << "/" << c.k.method; }
+};
+
+const ModelCase kModels[] = {
+    {"shapes_traced", "zoo/models/shapes_cnn_traced.pt", "block4", 128, "shapes"},
+    {"shapes_scripted", "zoo/models/shapes_cnn_scripted.pt", "block4", 128, "shapes"},
+    {"resnet18_traced", "resnet18_traced.pt", "layer4", 224, "resnet18"},
+    {"resnet18_scripted", "resnet18_scripted.pt", "layer4", 224, "resnet18"},
+};
+
+const MethodCase kMethods[] = {
+    {"gradcam++", "gradcampp", false},
+    {"xgradcam", "xgradcam", false},
+    {"layercam", "layercam", false},
+    {"hirescam", "hirescam", false},
+    {"gradcam-elementwise", "gradcam-elementwise", false},
+    {"eigencam", "eigencam", true},
+    {"eigengradcam", "eigengradcam", true},
+    {"scorecam", "scorecam", false},
+};
+
+std::string model_path(const ModelCase& c) {
+  return c.model.rfind("zoo/", 0) == 0 ? xcam::test::source(c.model) : xcam::test::models(c.model);
+}
+
+xcam::ExplainerOptions options(const ModelCase& c, const std::string& method) {
+  xcam::ExplainerOptions o;
+  o.model = model_path(c);
+  o.plugin = "cnn";
+  o.plugin_dirs = {xcam::test::binary("plugins")};
+  o.layers = {c.layer};
+  o.height = o.width = c.size;
+  o.method = method;
+  return o;
+}
+
+xcam::NpyArray golden(const std::string& name) { return xcam::read_npy(xcam::test::data("golden/" + name + ".npy")); }
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& ref, size_t offset) {
+  double err = 0;
+  for (size_t i = 0; i < a.size(); ++i) err = std::max(err, std::abs(double(a[i]) - ref[offset + i]));
+  return err;
+}
+
+class Methods : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Methods, MatchesPeerGoldens) {
+  const Case& c = GetParam();
+  const auto input = golden(c.m.golden + "_input");
+  const auto targets = golden(c.m.golden + "_targets");
+  const std::string prefix = c.m.golden + "_" + c.m.layer + "_" + c.k.token;
+  const auto peer = golden(prefix + "_map");
+  const int64_t B = input.shape[0];
+  const size_t hw = static_cast<size_t>(c.m.size * c.m.size);
+  ASSERT_EQ(peer.f32.size(), B * hw);
+
+  xcam::Explainer ex(options(c.m, c.k.method));
+  std::vector<std::string> ids;
+  std::vector<std::vector<std::string>> req;
+  for (int64_t b = 0; b < B; ++b) {
+    ids.push_back("s" + std::to_string(b));
+    req.push_back({std::to_string(targets.i64[b])});
+  }
+  const auto maps = ex.explain_preprocessed(input.f32, B, ids, req);
+  ASSERT_EQ(static_cast<int64_t>(maps.size()), B);
+  ASSERT_EQ(ex.last_lowres().size(), 1u);
+
+  xcam::NpyArray flipped;
+  if (c.k.sign_free) flipped = golden(prefix + "_map_flipped");
+  double err = 0;
+  std::string per_sample;
+  for (int64_t b = 0; b < B; ++b) {
+    EXPECT_EQ(maps[b].target_index, targets.i64[b]);
+    ASSERT_EQ(maps[b].map.size(), hw);
+    double e = max_abs_diff(maps[b].map, peer.f32, b * hw);
+    std::string which;
+    if (c.k.sign_free) {
+      const double ef = max_abs_diff(maps[b].map, flipped.f32, b * hw);
+      which = ef < e ? "(flipped)" : "";
+      e = std::min(e, ef);
+    }
+    per_sample += " " + std::to_string(b) + ":" + [&] {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.2e%s", e, which.c_str());
+      return std::string(buf);
+    }();
+    EXPECT_LT(e, 1e-3) << "sample " << b;  // SPEC section 2: resized map
+    err = std::max(err, e);
+  }
+  std::printf("[ parity   ] %s %s: max abs error vs peer %.2e (per sample%s)\n", c.m.name.c_str(),
+              c.k.method.c_str(), err, per_sample.c_str());
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> v;
+  for (const auto& m : kModels)
+    for (const auto& k : kMethods) v.push_back({m, k});
+  return v;
+}
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  std::string s = info.param.m.name + "_" + info.param.k.token;
+  for (auto& ch : s)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(Peer, Methods, ::testing::ValuesIn(all_cases()), case_name);
+
+// SPEC section 1.8: a constant input (all-zero tensor: constant activations,
+// degenerate SVD, equal Score-CAM masks) gives finite maps, never NaN.
+TEST(MethodsDegenerate, ConstantInputGivesFiniteMaps) {
+  const ModelCase& m = kModels[1];
+  const int64_t B = 2;
+  const std::vector<float> zeros(static_cast<size_t>(B * 3 * m.size * m.size), 0.f);
+  for (const auto& k : kMethods) {
+    xcam::Explainer ex(options(m, k.method));
+    const auto maps = ex.explain_preprocessed(zeros, B, {"z0", "z1"});
+    ASSERT_EQ(static_cast<int64_t>(maps.size()), B) << k.method;
+    for (const auto& mp : maps) {
+      size_t bad = 0;
+      for (float v : mp.map) bad += !std::isfinite(v);
+      EXPECT_EQ(bad, 0u) << k.method << " " << mp.image_id;
+    }
+    for (const auto& layer : ex.last_lowres())
+      for (const auto& rank : layer.per_rank)
+        for (float v : rank) ASSERT_TRUE(std::isfinite(v)) << k.method << " low-res";
+  }
+}
+
+}  // namespace
