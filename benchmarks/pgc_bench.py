@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Grad-CAM speed: pytorch-grad-cam ("pgc", eager PyTorch) against the xcam binary.
+"""CAM speed: pytorch-grad-cam ("pgc", eager PyTorch) against the xcam binary.
 
 Run with the pgc venv (zoo/setup_pgc_venv.sh):
     .venv-pgc/bin/python benchmarks/pgc_bench.py --arch resnet50 --size 224 --batch 1 8 \\
@@ -27,9 +27,18 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "zoo"))
 import export_torchvision  # noqa: E402
 
 try:
+    import pytorch_grad_cam as pgc
     from pytorch_grad_cam import GradCAM
 except ImportError:
     GradCAM = None
+    pgc = None
+
+# xcam method name -> the peer's class name.
+PEER_CLASSES = {
+    "gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
+    "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise", "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM",
+}
 
 TARGET_LAYER = "layer4"
 
@@ -45,24 +54,26 @@ def median_ms(fn, repeats, warmup=2):
     return statistics.median(times)
 
 
-def bench_pgc(model, batch, size, repeats):
-    """(forward ms, Grad-CAM ms) for pgc on the eager model."""
+def bench_pgc(model, batch, size, repeats, method="gradcam"):
+    """(forward ms, explanation ms) for pgc on the eager model."""
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
 
     def forward():
         with torch.no_grad():
             model(x)
 
-    cam = GradCAM(model=model, target_layers=[dict(model.named_modules())[TARGET_LAYER]])
+    cam = getattr(pgc, PEER_CLASSES[method])(model=model, target_layers=[dict(model.named_modules())[TARGET_LAYER]])
+    if method == "scorecam":
+        cam.batch_size = 32  # the same chunk of masked inputs per forward as xcam's default
     # targets=None: pgc explains each sample's top class, as xcam does by default.
     result = (median_ms(forward, repeats), median_ms(lambda: cam(input_tensor=x, targets=None), repeats))
     cam.activations_and_grads.release()
     return result
 
 
-def bench_xcam(xcam, model_path, batch, size, threads, repeats):
-    """(forward ms, Grad-CAM ms) reported by `xcam bench --json` (last stdout line)."""
-    cmd = [xcam, "bench", "--model", model_path, "--layer", TARGET_LAYER, "--method", "gradcam",
+def bench_xcam(xcam, model_path, batch, size, threads, repeats, method="gradcam"):
+    """(forward ms, explanation ms) reported by `xcam bench --json` (last stdout line)."""
+    cmd = [xcam, "bench", "--model", model_path, "--layer", TARGET_LAYER, "--method", method,
            "--batch", str(batch), "--size", str(size), str(size), "--threads", str(threads),
            "--repeats", str(repeats), "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -83,6 +94,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method", default="gradcam", choices=sorted(PEER_CLASSES))
     ap.add_argument("--xcam", help="path of the xcam binary (omit to time pgc only)")
     ap.add_argument("--model-dir", default=os.path.join(REPO_ROOT, "out", "models"))
     args = ap.parse_args()
@@ -103,16 +115,16 @@ def main():
     model = export_torchvision.build(args.arch, args.seed) if GradCAM is not None else None
 
     print(f"{args.arch} {args.size}x{args.size}, {args.threads} thread(s), median of {args.repeats}, "
-          f"Grad-CAM on {TARGET_LAYER}")
+          f"{args.method} on {TARGET_LAYER}")
     header = f"{'batch':>5}  {'pgc fwd ms':>10}  {'pgc cam ms':>10}  {'xcam fwd ms':>11}  {'xcam cam ms':>11}  {'speed-up':>8}"
     print(header)
     print("-" * len(header))
     for batch in args.batch:
         pf = pc = xf = xc = None
         if model is not None:
-            pf, pc = bench_pgc(model, batch, args.size, args.repeats)
+            pf, pc = bench_pgc(model, batch, args.size, args.repeats, args.method)
         if args.xcam:
-            xf, xc = bench_xcam(args.xcam, model_path, batch, args.size, args.threads, args.repeats)
+            xf, xc = bench_xcam(args.xcam, model_path, batch, args.size, args.threads, args.repeats, args.method)
         speedup = f"{pc / xc:7.2f}x" if pc is not None and xc else "-"
         cell = lambda v, w: f"{v:{w}.1f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
         print(f"{batch:>5}  {cell(pf, 10)}  {cell(pc, 10)}  {cell(xf, 11)}  {cell(xc, 11)}  {speedup:>8}",
