@@ -27,17 +27,25 @@ const Method& find(const std::string& name) {
 }
 
 at::Tensor eigen_projection(const at::Tensor& A) {
-  const int64_t B = A.size(0), K = A.size(1), h = A.size(2), w = A.size(3);
+  const int64_t B = A.size(0), K = A.size(1), h = A.size(2), w = A.size(3), hw = h * w;
   // hw x K per sample, centred per channel; NaN/Inf are left in so that the
-  // normaliser reports them.
-  auto X = A.to(at::kFloat).reshape({B, K, h * w}).transpose(1, 2);
+  // normaliser reports them. The first principal component's scores X v1
+  // come from the smaller Gram matrix, in float64: with X = U S V^T,
+  // X X^T = U S^2 U^T gives X v1 = s1 u1, and X^T X = V S^2 V^T gives v1.
+  auto X = A.to(at::kDouble).reshape({B, K, hw}).transpose(1, 2);
   X = X - X.mean(1, true);
-  const auto svd = at::linalg_svd(X, /*full_matrices=*/false);
-  const auto v1 = std::get<2>(svd).select(1, 0);  // B x K: first right singular vector
-  auto proj = at::bmm(X, v1.unsqueeze(2)).squeeze(2);  // B x hw
+  at::Tensor proj;
+  if (hw <= K) {
+    const auto eig = at::linalg_eigh(at::bmm(X, X.transpose(1, 2)));  // ascending eigenvalues
+    const auto s1 = std::get<0>(eig).select(1, hw - 1).clamp_min(0).sqrt();
+    proj = std::get<1>(eig).select(2, hw - 1) * s1.unsqueeze(1);
+  } else {
+    const auto eig = at::linalg_eigh(at::bmm(X.transpose(1, 2), X));
+    proj = at::bmm(X, std::get<1>(eig).select(2, K - 1).unsqueeze(2)).squeeze(2);
+  }
   const auto idx = proj.abs().argmax(1, true);
-  const auto sign = at::where(proj.gather(1, idx) < 0, -1.f, 1.f);
-  return (proj * sign).view({B, h, w}).relu();
+  const auto sign = at::where(proj.gather(1, idx) < 0, -1.0, 1.0);
+  return (proj * sign).to(at::kFloat).view({B, h, w}).relu();
 }
 
 at::Tensor raw_map(const Method& m, const at::Tensor& A, const at::Tensor& g) {
