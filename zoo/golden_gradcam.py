@@ -24,6 +24,10 @@ and, for the other methods both libraries have (run_methods, token = file-name t
       gradcampp xgradcam layercam hirescam gradcam-elementwise eigencam eigengradcam scorecam
   <model>_<layer>_<token>_map_flipped.npy  B x H x W   eigencam / eigengradcam only: the same
       pipeline with the projection negated (pgc's SVD sign is arbitrary, issues #315/#364)
+and, for the smoothing options (run_smoothing; shapes model, block4 only, token gradcam or gradcampp):
+  shapes_block4_<token>_augsmooth_map.npy            B x H x W   cam(input, targets, aug_smooth=True)
+  shapes_block4_<token>_eigensmooth_map.npy          B x H x W   cam(input, targets, eigen_smooth=True)
+  shapes_block4_<token>_eigensmooth_map_flipped.npy  B x H x W   the same with the projection negated
 """
 import argparse
 import importlib.metadata
@@ -165,6 +169,42 @@ def run_methods(out_dir, prefix, model, layer, input_tensor, target_ids):
             save(out_dir, f"{prefix}_{token}_map_flipped.npy", one(flipped))
 
 
+class FlippedGradCAM(GradCAM):
+    """Only used with eigen_smooth=True: negates pgc's get_2d_projection."""
+
+    def get_cam_image(self, *args, **kwargs):
+        return -super().get_cam_image(*args, **kwargs)
+
+
+class FlippedGradCAMPlusPlus(GradCAMPlusPlus):
+    def get_cam_image(self, *args, **kwargs):
+        return -super().get_cam_image(*args, **kwargs)
+
+
+# file-name token -> (pgc class, its sign-flipped twin for eigen_smooth)
+SMOOTHING_METHODS = [
+    ("gradcam", GradCAM, FlippedGradCAM),
+    ("gradcampp", GradCAMPlusPlus, FlippedGradCAMPlusPlus),
+]
+
+
+def run_smoothing(out_dir, prefix, model, layer, input_tensor, target_ids):
+    """<prefix>_<token>_augsmooth_map.npy, _eigensmooth_map.npy and
+    _eigensmooth_map_flipped.npy for the methods of SMOOTHING_METHODS."""
+    targets = [ClassifierOutputTarget(int(c)) for c in target_ids]
+
+    def one(cls, **kwargs):
+        cam = cls(model=model, target_layers=[layer])
+        heat = cam(input_tensor=input_tensor, targets=targets, **kwargs)
+        cam.activations_and_grads.release()
+        return np.float32(heat)
+
+    for token, cls, flipped in SMOOTHING_METHODS:
+        save(out_dir, f"{prefix}_{token}_augsmooth_map.npy", one(cls, aug_smooth=True))
+        save(out_dir, f"{prefix}_{token}_eigensmooth_map.npy", one(cls, eigen_smooth=True))
+        save(out_dir, f"{prefix}_{token}_eigensmooth_map_flipped.npy", one(flipped, eigen_smooth=True))
+
+
 def save(out_dir, name, array):
     np.save(os.path.join(out_dir, name), array)
     print(f"  {name:44s} {array.dtype} {tuple(array.shape)}")
@@ -199,6 +239,7 @@ def main():
     heat, _ = run_gradcam(model, [model.block3, model.block4], x, t)
     save(args.out, "shapes_block3+block4_map.npy", heat)
     run_methods(args.out, "shapes_block4", model, model.block4, x, t)
+    run_smoothing(args.out, "shapes_block4", model, model.block4, x, t)
 
     # ResNet-18 with the seeded weights of its TorchScript export.
     model = export_torchvision.build("resnet18", 0)

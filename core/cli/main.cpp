@@ -73,6 +73,8 @@ int main(int argc, char** argv) {
   explain->add_option("--mean", mean, "Normalisation mean (R G B)")->expected(3);
   explain->add_option("--std", stdv, "Normalisation std (R G B)")->expected(3);
   explain->add_option("--device", eo.device, "cpu or cuda")->capture_default_str();
+  explain->add_flag("--aug-smooth", eo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
+  explain->add_flag("--eigen-smooth", eo.eigen_smooth, "First principal component of the weighted activations, not their sum");
   explain->add_option("--batch", batch, "Images per forward")->capture_default_str();
   explain->add_option("--out", out.dir, "Output directory")->required();
   explain->add_option("--colormap", out.colormap, "jet, viridis, turbo, inferno or gray")->capture_default_str();
@@ -111,6 +113,8 @@ int main(int argc, char** argv) {
   add_common(bench, cb);
   bench->add_option("--layer", bo.layers, "Layer to tap");
   bench->add_option("--method", bo.method, "Method")->capture_default_str();
+  bench->add_flag("--aug-smooth", bo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
+  bench->add_flag("--eigen-smooth", bo.eigen_smooth, "First principal component of the weighted activations, not their sum");
   bench->add_option("--batch", bbatch, "Batch size")->capture_default_str();
   bench->add_option("--size", bsize, "Input height and width")->expected(2)->capture_default_str();
   bench->add_option("--repeats", repeats, "Timed repeats")->capture_default_str();

@@ -96,7 +96,7 @@ ExperimentConfig load_experiment(const std::string& path) {
   if (!root.IsMap()) y.fail(root, "an experiment is a mapping with at least model, layers and inputs");
   y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
                                        "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
-                                       "threads", "device", "outputs"});
+                                       "threads", "device", "aug_smooth", "eigen_smooth", "outputs"});
   const std::string base = fs::path(path).parent_path().string();
   ExperimentConfig c;
   c.file = path;
@@ -128,6 +128,8 @@ ExperimentConfig load_experiment(const std::string& path) {
     if (pre["std"]) e.std = y.triple(pre["std"], "std");
   }
   if (root["device"]) e.device = y.as<std::string>(root["device"], "device", "cpu or cuda");
+  if (root["aug_smooth"]) e.aug_smooth = y.as<bool>(root["aug_smooth"], "aug_smooth", "true or false");
+  if (root["eigen_smooth"]) e.eigen_smooth = y.as<bool>(root["eigen_smooth"], "eigen_smooth", "true or false");
 
   if (const auto& layers = root["layers"]) {
     if (layers.IsScalar()) {
@@ -312,6 +314,12 @@ std::string safe_name(const std::string& s) {
   return out.empty() ? "_" : out;
 }
 
+// The method as results and output directories name it: smoothing options
+// are part of it, so a re-run with other options never resumes from these.
+std::string method_label(const ExplainerOptions& o) {
+  return o.method + (o.aug_smooth ? "+aug" : "") + (o.eigen_smooth ? "+eigen" : "");
+}
+
 void add_pointing(RunSummary& s, const std::string& key, const ItemRecord& r) {
   if (!r.pointing_hit) return;
   auto& [maps, centre] = s.pointing[key];
@@ -445,7 +453,7 @@ void explain_and_write(Explainer& ex, const std::vector<std::string>& images, in
             if (m.image_id != ids[i]) continue;
             ItemRecord r;
             r.image = fs::path(paths[i]).filename().string();
-            r.method = ex.options().method;
+            r.method = method_label(ex.options());
             r.layers = layers;
             r.target = m.target_label;
             r.target_index = m.target_index;
@@ -528,12 +536,13 @@ RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {
       Explainer ex(eo);
       OutputOptions out = cfg.outputs;
       const std::string layers = fmt::format("{}", fmt::join(ex.layers(), "+"));
-      out.dir = (fs::path(cfg.outputs.dir) / method / safe_name(layers)).string();
+      const std::string label = method_label(eo);
+      out.dir = (fs::path(cfg.outputs.dir) / label / safe_name(layers)).string();
       std::vector<ItemRecord> part;
       explain_and_write(ex, cfg.images, cfg.batch_size, cfg.targets, cfg.boxes.empty() ? nullptr : &boxes, out,
-                        part, summary, opt, method + " @ " + layers);
+                        part, summary, opt, label + " @ " + layers);
       for (auto& r : part) {
-        for (auto& o : r.outputs) o = (fs::path(method) / safe_name(layers) / o).string();
+        for (auto& o : r.outputs) o = (fs::path(label) / safe_name(layers) / o).string();
         records.push_back(std::move(r));
       }
     }

@@ -54,6 +54,18 @@ void capture_log(const XcamHost* host, int level, const char* msg) {
   plugin_host()->log(host, level, msg);
 }
 
+// pgc's test-time augmentation for aug_smooth: ttach's
+// Compose([HorizontalFlip(), Multiply([0.9, 1, 1.1])]) in its iteration order,
+// applied to the preprocessed (normalised) input tensor.
+struct Augmentation {
+  bool flip;
+  double factor;
+};
+constexpr Augmentation kAugmentations[] = {{false, 0.9}, {false, 1.0}, {false, 1.1},
+                                           {true, 0.9},  {true, 1.0},  {true, 1.1}};
+constexpr int64_t kNumAugmentations = 6;
+constexpr int64_t kIdentityAugmentation = 1;  // targets are resolved on this copy
+
 }  // namespace
 
 const std::vector<std::string>& available_methods() {
@@ -86,6 +98,7 @@ struct Explainer::Impl {
 
   // Score-CAM's pre-normalisation map for one layer and target rank: masked
   // inputs in chunks, one batched forward each, scores kept on the device.
+  // With eigen_smooth, the projection of w_k A_k (pgc's BaseCAM.get_cam_image).
   at::Tensor scorecam(const at::Tensor& a, const Batch& batch, size_t rank);
 
   std::vector<MapResult> run(const at::Tensor& images, const std::vector<std::string>& ids,
@@ -171,11 +184,26 @@ std::vector<MapResult> Explainer::explain_preprocessed(const std::vector<float>&
 std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std::vector<std::string>& ids,
                                             const std::vector<std::vector<std::string>>& requests,
                                             StageTimes* times) {
-  const int64_t B = images.size(0);
+  // aug_smooth: the six augmented copies of the batch in one forward, copy c
+  // of sample b at c * B0 + b; their final maps are de-augmented and averaged.
+  const bool aug = opt.aug_smooth;
+  const int64_t B0 = images.size(0);
+  const int64_t copies = aug ? kNumAugmentations : 1;
+  const int64_t B = B0 * copies;
   Batch batch;
-  batch.images = images;
-  batch.ids = ids;
   batch.labels = labels;
+  if (aug) {
+    std::vector<at::Tensor> x;
+    for (const auto& t : kAugmentations) {
+      auto xi = t.flip ? images.flip({3}) : images;
+      x.push_back(t.factor != 1.0 ? xi * t.factor : xi);
+    }
+    batch.images = at::cat(x, 0);
+    for (int64_t c = 0; c < copies; ++c) batch.ids.insert(batch.ids.end(), ids.begin(), ids.end());
+  } else {
+    batch.images = images;
+    batch.ids = ids;
+  }
 
   auto t = Clock::now();
   plugin->prepare(model.module(), batch);
@@ -185,11 +213,17 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
 
   TargetRequest req;
   req.per_sample.resize(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b)
-    req.per_sample[b] = requests.empty() || requests[b].empty() ? opt.targets : requests[b];
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t b0 = b % B0;
+    req.per_sample[b] = requests.empty() || requests[b0].empty() ? opt.targets : requests[b0];
+  }
   plugin->resolve_targets(fwd.output, req, batch);
   XCAM_CHECK(static_cast<int64_t>(batch.targets.size()) == B, "plugin '{}' resolved targets for {} of {} samples",
              opt.plugin, batch.targets.size(), B);
+  if (aug)  // every copy explains the target resolved on the un-augmented one
+    for (int64_t c = 0; c < copies; ++c)
+      if (c != kIdentityAugmentation)
+        for (int64_t b = 0; b < B0; ++b) batch.targets[c * B0 + b] = batch.targets[kIdentityAugmentation * B0 + b];
   size_t ranks = 0;
   for (auto& ts : batch.targets) {
     XCAM_CHECK(!ts.empty(), "plugin '{}' resolved no target for a sample", opt.plugin);
@@ -226,12 +260,12 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
       if (method->gradients)
         g = grads[l].defined() ? plugin->to_grid(layers[l], grads[l], batch) : torch::zeros_like(a);
       kernels::MapOutput out;
-      if (method->name == "gradcam")
+      if (method->name == "gradcam" && !opt.eigen_smooth)
         out = kernels::gradcam(a, g, H, W);  // the fused one-pass kernel
       else if (method->forwards)
         out = kernels::normalize_resize(scorecam(a, batch, r), H, W);
       else
-        out = kernels::normalize_resize(methods::raw_map(*method, a, g), H, W);
+        out = kernels::normalize_resize(methods::raw_map(*method, a, g, opt.eigen_smooth), H, W);
       low[l] = out.lowres.cpu();
       status[l] = out.status;
       maps = out.map;
@@ -240,24 +274,34 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
     // resized map is renormalised too (interpolation moves its extremes off
     // 0 and 1), as the reference implementation's aggregation does.
     maps = L > 1 ? kernels::aggregate_layers(low, H, W).map : kernels::minmax_normalize(maps);
+    if (aug) {
+      // pgc's forward_augmentation_smoothing: flip each copy's final map back,
+      // then the plain mean of the six, not renormalised.
+      const auto m6 = maps.view({copies, B0, H, W});
+      auto sum = torch::zeros({B0, H, W}, maps.options());
+      for (int64_t c = 0; c < copies; ++c) sum += kAugmentations[c].flip ? m6[c].flip({2}) : m6[c];
+      maps = sum / static_cast<double>(copies);
+    }
     maps = maps.cpu().contiguous();
     times->cam_ms += ms_since(t);
 
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b0 = 0; b0 < B0; ++b0) {
+      const int64_t b = aug ? kIdentityAugmentation * B0 + b0 : b0;  // the copy that gives target and score
       const Target& tg = batch.targets[b][r];
       if (tg.padding) continue;
       MapResult m;
-      m.image_id = ids[b];
+      m.image_id = ids[b0];
       m.rank = r;
       m.target_label = tg.label;
       m.target_index = tg.index;
       m.score = b < static_cast<int64_t>(scores.size()) ? scores[b] : y[b].item<double>();
       m.height = H;
       m.width = W;
-      const float* mp = maps.data_ptr<float>() + b * H * W;
+      const float* mp = maps.data_ptr<float>() + b0 * H * W;
       m.map.assign(mp, mp + H * W);
       for (size_t l = 0; l < L; ++l) {
-        const uint8_t st = status[l].data_ptr<uint8_t>()[b];
+        uint8_t st = 0;  // with aug_smooth: what any of the sample's copies had
+        for (int64_t c = 0; c < copies; ++c) st |= status[l].data_ptr<uint8_t>()[c * B0 + b0];
         if (st & kernels::kCamNonFinite)
           m.warnings.push_back(fmt::format("NaN or Inf in the activations or gradients of layer '{}': its map is "
                                            "all zeros",
@@ -272,7 +316,7 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
     for (size_t l = 0; l < L; ++l) {
       lowres[l].height = low[l].size(1);
       lowres[l].width = low[l].size(2);
-      const auto c = low[l].contiguous();
+      const auto c = (aug ? low[l].narrow(0, kIdentityAugmentation * B0, B0) : low[l]).contiguous();
       lowres[l].per_rank.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
     }
   }
@@ -297,7 +341,9 @@ at::Tensor Explainer::Impl::scorecam(const at::Tensor& a, const Batch& batch, si
       scores[b].slice(0, k0, k1).copy_(plugin->score(out, masked, 0, nullptr));
     }
   }
-  return kernels::weighted_sum_relu(a, scores.softmax(1));
+  const auto w = scores.softmax(1);
+  if (opt.eigen_smooth) return methods::eigen_projection(a.to(torch::kFloat32) * w.unsqueeze(-1).unsqueeze(-1));
+  return kernels::weighted_sum_relu(a, w);
 }
 
 void Explainer::forward_only(const std::vector<float>& nchw, int64_t batch, StageTimes* times) {

@@ -48,7 +48,7 @@ at::Tensor eigen_projection(const at::Tensor& A) {
   return (proj * sign).to(at::kFloat).view({B, h, w}).relu();
 }
 
-at::Tensor raw_map(const Method& m, const at::Tensor& A, const at::Tensor& g) {
+at::Tensor raw_map(const Method& m, const at::Tensor& A, const at::Tensor& g, bool eigen_smooth) {
   using kernels::ElementwiseMethod;
   using kernels::WeightMethod;
   const auto& n = m.name;
@@ -56,7 +56,16 @@ at::Tensor raw_map(const Method& m, const at::Tensor& A, const at::Tensor& g) {
     const auto wm = n == "gradcam" ? WeightMethod::gradcam
                     : n == "gradcam++" ? WeightMethod::gradcampp
                                        : WeightMethod::xgradcam;
-    return kernels::weighted_sum_relu(A, kernels::channel_weights(A, g, wm));
+    const auto w = kernels::channel_weights(A, g, wm);
+    if (eigen_smooth) return eigen_projection(A.to(at::kFloat) * w.to(at::kFloat).unsqueeze(-1).unsqueeze(-1));
+    return kernels::weighted_sum_relu(A, w);
+  }
+  if (eigen_smooth && (n == "layercam" || n == "hirescam" || n == "gradcam-elementwise")) {
+    // the element-wise products pgc projects (layer_cam.py, hirescam.py, grad_cam_elementwise.py)
+    const auto a = A.to(at::kFloat), gf = g.to(at::kFloat);
+    if (n == "layercam") return eigen_projection(gf.relu() * a);
+    if (n == "hirescam") return eigen_projection(gf * a);
+    if (n == "gradcam-elementwise") return eigen_projection((gf * a).relu());
   }
   if (n == "layercam") return kernels::elementwise_cam(A, g, ElementwiseMethod::layercam);
   if (n == "hirescam") return kernels::elementwise_cam(A, g, ElementwiseMethod::hirescam);

@@ -22,7 +22,12 @@ const Method& find(const std::string& name);  // throws xcam::Error listing the 
 // The method's map before normalisation, ReLU applied: B x h x w float32.
 // `A` and `g` are B x K x h x w (g may be undefined for gradient-free
 // methods). Score-CAM is not here: it needs the model (explain.cpp).
-at::Tensor raw_map(const Method& m, const at::Tensor& A, const at::Tensor& g);
+// `eigen_smooth` (pgc's option of the same name): instead of summing the
+// per-channel terms over channels, take their first principal component
+// (eigen_projection): of w_k A_k for the channel-weight methods, of
+// relu(g) A (layercam), g A (hirescam), relu(g A) (gradcam-elementwise).
+// EigenCAM and EigenGradCAM are projections already and ignore it, as pgc does.
+at::Tensor raw_map(const Method& m, const at::Tensor& A, const at::Tensor& g, bool eigen_smooth = false);
 
 // First principal component of each sample's activations seen as hw points
 // of K channels, centred per channel; sign fixed so that the value of

@@ -28,6 +28,13 @@ struct ExplainerOptions {
   std::string labels_file;              // class names, one a line
   std::string device = "cpu";
   int64_t score_chunk = 32;             // Score-CAM: masked inputs per forward
+  // pgc's smoothing options. aug_smooth: explain the six test-time
+  // augmentations (horizontal flip x {0.9, 1, 1.1} times the normalised input)
+  // in one batched forward, targets resolved on the un-augmented copy, flip
+  // the final maps back and average them (not renormalised). eigen_smooth:
+  // the first principal component of the per-channel terms instead of their
+  // sum (ignored by eigencam / eigengradcam, which are projections already).
+  bool aug_smooth = false, eigen_smooth = false;
 };
 
 // Methods this build implements, by their CLI/YAML names.
@@ -76,7 +83,8 @@ class Explainer {
                                               StageTimes* times = nullptr);
 
   // Low-resolution maps of the last explain call, per layer: [layer][rank]
-  // -> batch x h x w normalised, and their (h, w). For parity checks.
+  // -> batch x h x w normalised, and their (h, w). For parity checks. With
+  // aug_smooth: those of the un-augmented copy.
   struct LowRes {
     int64_t height = 0, width = 0;
     std::vector<std::vector<float>> per_rank;
