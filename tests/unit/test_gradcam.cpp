@@ -6,12 +6,16 @@
 #include <torch/script.h>
 
 #include "../common.h"
+#include "explain_util.h"
 #include "xcam/error.h"
 #include "xcam/explainer.h"
 #include "xcam/io.h"
 #include "xcam/model.h"
 
 namespace {
+
+using xcam::test::explain_targets;
+using xcam::test::sample_ids;
 
 struct Case {
   std::string name, model, layer;
@@ -54,23 +58,6 @@ at::Tensor resize(const at::Tensor& maps, int64_t H, int64_t W) {
   const auto lo = std::get<0>(r.flatten(1).min(1)).view({-1, 1, 1});
   const auto hi = std::get<0>(r.flatten(1).max(1)).view({-1, 1, 1});
   return (r - lo) / (hi - lo + 1e-7);
-}
-
-// Sample ids "s0", "s1", ...
-std::vector<std::string> sample_ids(int64_t B) {
-  std::vector<std::string> ids;
-  for (int64_t b = 0; b < B; ++b) ids.push_back("s" + std::to_string(b));
-  return ids;
-}
-
-// The maps of the B = input.shape[0] samples of `input`, sample b for the
-// class targets.i64[b].
-std::vector<xcam::MapResult> explain_targets(xcam::Explainer& ex, const xcam::NpyArray& input,
-                                             const xcam::NpyArray& targets) {
-  const int64_t B = input.shape[0];
-  std::vector<std::vector<std::string>> req;
-  for (int64_t b = 0; b < B; ++b) req.push_back({std::to_string(targets.i64[b])});
-  return ex.explain_preprocessed(input.f32, B, sample_ids(B), req);
 }
 
 class GradCam : public ::testing::TestWithParam<Case> {

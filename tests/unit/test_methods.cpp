@@ -10,10 +10,14 @@
 #include <vector>
 
 #include "../common.h"
+#include "explain_util.h"
 #include "xcam/explainer.h"
 #include "xcam/io.h"
 
 namespace {
+
+using xcam::test::golden;
+using xcam::test::max_abs_diff;
 
 struct ModelCase {
   std::string name, model, layer;
@@ -56,22 +60,7 @@ std::string model_path(const ModelCase& c) {
 }
 
 xcam::ExplainerOptions options(const ModelCase& c, const std::string& method) {
-  xcam::ExplainerOptions o;
-  o.model = model_path(c);
-  o.plugin = "cnn";
-  o.plugin_dirs = {xcam::test::binary("plugins")};
-  o.layers = {c.layer};
-  o.height = o.width = c.size;
-  o.method = method;
-  return o;
-}
-
-xcam::NpyArray golden(const std::string& name) { return xcam::read_npy(xcam::test::data("golden/" + name + ".npy")); }
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& ref, size_t offset) {
-  double err = 0;
-  for (size_t i = 0; i < a.size(); ++i) err = std::max(err, std::abs(double(a[i]) - ref[offset + i]));
-  return err;
+  return xcam::test::cnn_options(model_path(c), c.layer, c.size, method);
 }
 
 class Methods : public ::testing::TestWithParam<Case> {};
@@ -87,13 +76,8 @@ TEST_P(Methods, MatchesPeerGoldens) {
   ASSERT_EQ(peer.f32.size(), B * hw);
 
   xcam::Explainer ex(options(c.m, c.k.method));
-  std::vector<std::string> ids;
-  std::vector<std::vector<std::string>> req;
-  for (int64_t b = 0; b < B; ++b) {
-    ids.push_back("s" + std::to_string(b));
-    req.push_back({std::to_string(targets.i64[b])});
-  }
-  const auto maps = ex.explain_preprocessed(input.f32, B, ids, req);
+  const auto ids = xcam::test::sample_ids(B);
+  const auto maps = xcam::test::explain_targets(ex, input, targets);
   ASSERT_EQ(static_cast<int64_t>(maps.size()), B);
   ASSERT_EQ(ex.last_lowres().size(), 1u);
 

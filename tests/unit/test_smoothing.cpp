@@ -11,10 +11,14 @@
 #include <vector>
 
 #include "../common.h"
+#include "explain_util.h"
 #include "xcam/explainer.h"
 #include "xcam/io.h"
 
 namespace {
+
+using xcam::test::golden;
+using xcam::test::max_abs_diff;
 
 const char* kModel = "zoo/models/shapes_cnn_scripted.pt";
 const char* kLayer = "block4";
@@ -30,22 +34,7 @@ struct Case {
 };
 
 xcam::ExplainerOptions options(const std::string& method) {
-  xcam::ExplainerOptions o;
-  o.model = xcam::test::source(kModel);
-  o.plugin = "cnn";
-  o.plugin_dirs = {xcam::test::binary("plugins")};
-  o.layers = {kLayer};
-  o.height = o.width = kSize;
-  o.method = method;
-  return o;
-}
-
-xcam::NpyArray golden(const std::string& name) { return xcam::read_npy(xcam::test::data("golden/" + name + ".npy")); }
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& ref, size_t offset) {
-  double err = 0;
-  for (size_t i = 0; i < a.size(); ++i) err = std::max(err, std::abs(double(a[i]) - ref[offset + i]));
-  return err;
+  return xcam::test::cnn_options(xcam::test::source(kModel), kLayer, kSize, method);
 }
 
 class Smoothing : public ::testing::TestWithParam<Case> {};
@@ -64,13 +53,8 @@ TEST_P(Smoothing, MatchesPeerGoldens) {
   o.aug_smooth = c.aug;
   o.eigen_smooth = !c.aug;
   xcam::Explainer ex(o);
-  std::vector<std::string> ids;
-  std::vector<std::vector<std::string>> req;
-  for (int64_t b = 0; b < B; ++b) {
-    ids.push_back("s" + std::to_string(b));
-    req.push_back({std::to_string(targets.i64[b])});
-  }
-  const auto maps = ex.explain_preprocessed(input.f32, B, ids, req);
+  const auto ids = xcam::test::sample_ids(B);
+  const auto maps = xcam::test::explain_targets(ex, input, targets);
   ASSERT_EQ(static_cast<int64_t>(maps.size()), B);
 
   xcam::NpyArray flipped;
