@@ -22,6 +22,7 @@ Writes float32 / int64 .npy files (N = samples):
 and, for the other methods both libraries have (run_methods, token = file-name tag):
   <model>_<layer>_<token>_map.npy          B x H x W   cam(input, targets), token in
       gradcampp xgradcam layercam hirescam gradcam-elementwise eigencam eigengradcam scorecam
+      ablationcam (layers: shapes block4 and block3, the latter with gradcam too; resnet18 layer4)
   <model>_<layer>_<token>_map_flipped.npy  B x H x W   eigencam / eigengradcam only: the same
       pipeline with the projection negated (pgc's SVD sign is arbitrary, issues #315/#364)
 and, for the smoothing options (run_smoothing; shapes model, block4 only, token gradcam or gradcampp):
@@ -48,8 +49,8 @@ import export_torchvision  # noqa: E402
 import shapes  # noqa: E402
 
 try:
-    from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus,
-                                  HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
+    from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise,
+                                  GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 except ImportError:
@@ -147,23 +148,24 @@ METHODS = [
     ("eigencam", EigenCAM, FlippedEigenCAM),
     ("eigengradcam", EigenGradCAM, FlippedEigenGradCAM),
     ("scorecam", ScoreCAM, None),
+    ("ablationcam", AblationCAM, None),
 ]
 
 
-def run_methods(out_dir, prefix, model, layer, input_tensor, target_ids):
+def run_methods(out_dir, prefix, model, layer, input_tensor, target_ids, methods=METHODS):
     """<prefix>_<token>_map.npy (and _map_flipped.npy for the eigen methods) for every
-    method of METHODS on one target layer."""
+    method of `methods` on one target layer."""
     targets = [ClassifierOutputTarget(int(c)) for c in target_ids]
 
     def one(cls):
         cam = cls(model=model, target_layers=[layer])
         if cls is ScoreCAM:
-            cam.batch_size = 32
+            cam.batch_size = 32  # AblationCAM's default is 32 already
         heat = cam(input_tensor=input_tensor, targets=targets)
         cam.activations_and_grads.release()
         return np.float32(heat)
 
-    for token, cls, flipped in METHODS:
+    for token, cls, flipped in methods:
         save(out_dir, f"{prefix}_{token}_map.npy", one(cls))
         if flipped is not None:
             save(out_dir, f"{prefix}_{token}_map_flipped.npy", one(flipped))
@@ -239,6 +241,9 @@ def main():
     heat, _ = run_gradcam(model, [model.block3, model.block4], x, t)
     save(args.out, "shapes_block3+block4_map.npy", heat)
     run_methods(args.out, "shapes_block4", model, model.block4, x, t)
+    # An inner layer, where the methods differ (at block4, followed by global
+    # average pooling and a linear layer, hirescam and xgradcam equal gradcam).
+    run_methods(args.out, "shapes_block3", model, model.block3, x, t, [("gradcam", GradCAM, None)] + METHODS)
     run_smoothing(args.out, "shapes_block4", model, model.block4, x, t)
 
     # ResNet-18 with the seeded weights of its TorchScript export.

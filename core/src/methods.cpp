@@ -14,6 +14,7 @@ const std::vector<Method>& all() {
       {"gradcam", true, false},        {"gradcam++", true, false},           {"xgradcam", true, false},
       {"layercam", true, false},       {"hirescam", true, false},            {"gradcam-elementwise", true, false},
       {"eigencam", false, false},      {"eigengradcam", true, false},        {"scorecam", false, true},
+      {"ablationcam", false, true},
   };
   return methods;
 }

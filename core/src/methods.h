@@ -12,7 +12,7 @@ namespace xcam::methods {
 struct Method {
   std::string name;
   bool gradients;  // needs dy/dA
-  bool forwards;   // needs extra model forwards (Score-CAM)
+  bool forwards;   // needs extra model forwards (Score-CAM, Ablation-CAM)
 };
 
 // Every method this build implements, in the order `xcam --help` lists them.
@@ -21,7 +21,8 @@ const Method& find(const std::string& name);  // throws xcam::Error listing the 
 
 // The method's map before normalisation, ReLU applied: B x h x w float32.
 // `A` and `g` are B x K x h x w (g may be undefined for gradient-free
-// methods). Score-CAM is not here: it needs the model (explain.cpp).
+// methods). Score-CAM and Ablation-CAM are not here: they need the model
+// (explain.cpp).
 // `eigen_smooth` (pgc's option of the same name): instead of summing the
 // per-channel terms over channels, take their first principal component
 // (eigen_projection): of w_k A_k for the channel-weight methods, of

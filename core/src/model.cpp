@@ -9,6 +9,7 @@
 
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/runtime/interpreter.h>
 
 #include <algorithm>
@@ -88,16 +89,19 @@ bool is_forward(const std::string& method) {
 struct TappedForward::Impl {
   Model* model = nullptr;
   std::vector<TapPoint> taps;
-  std::shared_ptr<Graph> graph;
+  std::shared_ptr<Graph> graph;  // forward with the taps as extra outputs
   std::unique_ptr<torch::jit::Code> code;
   std::vector<size_t> tap_slot;  // request index -> slot in the returned tuple (after the output)
+  // request index -> forward with that tap's value taken from an extra input
+  std::map<size_t, std::unique_ptr<torch::jit::Code>> replacing;
+  Graph* work = nullptr;  // the graph path_of reads
 
   std::map<std::string, torch::jit::Module> modules;
   std::unordered_map<Value*, std::optional<std::string>> path_cache;
 
   // The module path a graph value denotes, if it is a chain of GetAttr on self.
   std::optional<std::string> path_of(Value* v) {
-    if (v == graph->inputs()[0]) return std::string();
+    if (v == work->inputs()[0]) return std::string();
     auto it = path_cache.find(v);
     if (it != path_cache.end()) return it->second;
     std::optional<std::string> result;
@@ -113,9 +117,13 @@ struct TappedForward::Impl {
     return result;
   }
 
-  void build() {
-    graph = model->module().get_method("forward").graph()->copy();
-    for (const auto& item : model->module().named_modules()) modules.emplace(item.name, item.value);
+  // A copy of forward with the calls on the way to the taps inlined; the value
+  // of each requested tap, in request order.
+  std::vector<Value*> inline_taps(const std::shared_ptr<Graph>& graph) {
+    work = graph.get();
+    path_cache.clear();
+    if (modules.empty())
+      for (const auto& item : model->module().named_modules()) modules.emplace(item.name, item.value);
 
     std::set<std::string> wanted;
     for (const auto& t : taps) {
@@ -196,6 +204,12 @@ struct TappedForward::Impl {
                  model->path(), val->type()->repr_str());
       chosen.push_back(val);
     }
+    return chosen;
+  }
+
+  void build() {
+    graph = model->module().get_method("forward").graph()->copy();
+    const std::vector<Value*> chosen = inline_taps(graph);
 
     // Unique tapped values in graph order; the first becomes the autograd leaf.
     std::vector<Value*> order = chosen;
@@ -229,6 +243,33 @@ struct TappedForward::Impl {
     }
     code = std::make_unique<torch::jit::Code>(graph, "xcam_tapped_forward");
   }
+
+  // Forward with request `i`'s tapped value read from a new last input, and
+  // the computation only that value needed removed. Module calls count as
+  // side effects for dead-code elimination, so unused ones are dropped here:
+  // an eval-mode module's forward changes no state.
+  torch::jit::Code& replacing_code(size_t i) {
+    auto& slot = replacing[i];
+    if (slot) return *slot;
+    auto g = model->module().get_method("forward").graph()->copy();
+    Value* tapped = inline_taps(g).at(i);
+    Value* in = g->addInput("xcam_replacement")->setType(c10::TensorType::get());
+    tapped->replaceAllUsesWith(in);
+    for (bool changed = true; changed;) {
+      changed = false;
+      torch::jit::EliminateDeadCode(g);
+      for (auto it = g->nodes().rbegin(); it != g->nodes().rend();) {
+        Node* n = *it;
+        ++it;
+        if (n->kind() == prim::CallMethod && !n->hasUses()) {
+          n->destroy();
+          changed = true;
+        }
+      }
+    }
+    slot = std::make_unique<torch::jit::Code>(g, "xcam_replaced_forward");
+    return *slot;
+  }
 };
 
 TappedForward::TappedForward(Model& model, const std::vector<std::string>& taps) : impl_(new Impl) {
@@ -245,6 +286,21 @@ TappedForward::TappedForward(TappedForward&&) noexcept = default;
 const std::vector<TapPoint>& TappedForward::taps() const { return impl_->taps; }
 
 std::string TappedForward::graph_text() const { return impl_->graph->toString(); }
+
+c10::IValue TappedForward::run_replacing(const std::vector<c10::IValue>& inputs, size_t tap,
+                                        const at::Tensor& value) {
+  XCAM_CHECK(tap < impl_->taps.size(), "tap index {} out of range ({} taps)", tap, impl_->taps.size());
+  auto& code = impl_->replacing_code(tap);
+  torch::jit::Stack stack;
+  stack.reserve(inputs.size() + 2);
+  stack.emplace_back(impl_->model->module()._ivalue());
+  for (const auto& i : inputs) stack.push_back(i);
+  stack.emplace_back(value);
+  c10::AutoGradMode grad(false);
+  torch::jit::InterpreterState state(code);
+  state.run(stack);
+  return stack.back();
+}
 
 TappedForward::Result TappedForward::run(const std::vector<c10::IValue>& inputs, bool record_grad) {
   torch::jit::Stack stack;

@@ -88,6 +88,28 @@ TEST_P(TapsOnResNet, GradientsAreExactAndStartAtTheEarliestTap) {
   }
 }
 
+// Ablation-CAM's forwards: the rest of the model on a replaced tap value.
+TEST_P(TapsOnResNet, ReplacingATapRunsOnlyWhatFollowsIt) {
+  TappedForward tf(*model_, {"layer4", "layer3.1.conv1"});
+  const auto r = tf.run({x_}, /*record_grad=*/false);
+  torch::NoGradGuard g;
+  const auto ref = model_->module().forward({x_}).toTensor();
+  // The tapped value itself gives the model's output.
+  EXPECT_EQ(max_abs(tf.run_replacing({x_}, 0, r.taps[0].clone()).toTensor(), ref), 0.0);
+  // Another value: fc(mean) of it, whatever the input says.
+  const auto other = torch::rand_like(r.taps[0]) * 3;
+  const auto out = tf.run_replacing({torch::zeros_like(x_)}, 0, other.clone()).toTensor();
+  EXPECT_LT(max_abs(out, call(sub(*model_, "fc"), other.mean({2, 3}))), 1e-4);
+  // An inner tap: the residual path still reads the block's input, so the
+  // replaced conv1 output and the real input both matter.
+  auto conv1 = r.taps[1].clone();
+  EXPECT_LT(max_abs(tf.run_replacing({x_}, 1, conv1).toTensor(), ref), 1e-5);
+  conv1 = r.taps[1].clone();
+  conv1.select(1, 0).fill_(100.f);
+  EXPECT_GT(max_abs(tf.run_replacing({x_}, 1, conv1).toTensor(), ref), 1e-3);
+  EXPECT_THROW(tf.run_replacing({x_}, 2, r.taps[0]), xcam::Error);
+}
+
 TEST_P(TapsOnResNet, CallIndexSelectsTheCall) {
   TappedForward last(*model_, {"layer2.1.relu"});
   TappedForward first(*model_, {"layer2.1.relu@0"});

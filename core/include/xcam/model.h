@@ -61,6 +61,13 @@ class TappedForward {
   // With record_grad=false nothing is recorded (forward-only timing, listing).
   Result run(const std::vector<c10::IValue>& inputs, bool record_grad = true);
 
+  // The model's output with tap `tap` (request index) replaced by `value`:
+  // everything the model computes after that point runs on `value` (same
+  // shape as the tapped tensor, any batch size matching `inputs`); what only
+  // led up to the tap is not computed. No autograd. Ablation-CAM's forwards.
+  // `value` may be modified in place by the model's own in-place ops.
+  c10::IValue run_replacing(const std::vector<c10::IValue>& inputs, size_t tap, const at::Tensor& value);
+
   const std::vector<TapPoint>& taps() const;
   std::string graph_text() const;
 
