@@ -9,7 +9,9 @@
 #include <torch/script.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <thread>
@@ -66,6 +68,21 @@ constexpr Augmentation kAugmentations[] = {{false, 0.9}, {false, 1.0}, {false, 1
 constexpr int64_t kNumAugmentations = 6;
 constexpr int64_t kIdentityAugmentation = 1;  // targets are resolved on this copy
 
+// An exception raised inside a plugin has its type information (and, for
+// xcam::Error, its file name) in the plugin's library, which the Explainer
+// unloads when it is destroyed, possibly while the exception is still on its
+// way to the caller. Every public entry re-raises such errors from here.
+template <typename F>
+auto host_errors(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const c10::Error&) {
+    throw;  // LibTorch's own type, in LibTorch's library
+  } catch (const std::exception& e) {
+    throw Error(e.what(), __FILE__, __LINE__);
+  }
+}
+
 }  // namespace
 
 const std::vector<std::string>& available_methods() {
@@ -100,13 +117,34 @@ struct Explainer::Impl {
   // inputs in chunks, one batched forward each, scores kept on the device.
   // With eigen_smooth, the projection of w_k A_k (pgc's BaseCAM.get_cam_image).
   at::Tensor scorecam(const at::Tensor& a, const Batch& batch, size_t rank);
+  // Ablation-CAM's for layer l: `tap` is the tapped tensor as the model made
+  // it, `a` its grid, `y` the un-ablated scores (B). Per sample, copies of
+  // the tap with one channel each ablated go through the rest of the model in
+  // chunks; w_k = (y - y_k) / y.
+  at::Tensor ablationcam(size_t l, const at::Tensor& tap, const at::Tensor& a, const Batch& batch, size_t rank,
+                         const at::Tensor& y);
+  // The batch's sample b repeated n times, prepared for the model.
+  Batch repeat_sample(const Batch& batch, int64_t b, size_t rank, const at::Tensor& images);
+  // `images` (n x 3 x H x W) with one target for all, prepared for the model.
+  Batch single_target(const at::Tensor& images, const Target& target, const std::string& id,
+                      const Batch* like = nullptr);
+  // The plugin's readable score (probability) of `target` on each image.
+  std::vector<double> probabilities(const at::Tensor& images, const Target& target, const std::string& id);
+  std::vector<Faithfulness> faithfulness(const std::vector<float>& nchw, int64_t batch,
+                                         const std::vector<std::string>& ids, const std::vector<MapResult>& maps,
+                                         const FaithfulnessOptions& o);
 
+  void init(ExplainerOptions options);
   std::vector<MapResult> run(const at::Tensor& images, const std::vector<std::string>& ids,
                              const std::vector<std::vector<std::string>>& requests, StageTimes* times);
 };
 
 Explainer::Explainer(ExplainerOptions options) : impl_(new Impl) {
-  auto& m = *impl_;
+  host_errors([&] { impl_->init(std::move(options)); });
+}
+
+void Explainer::Impl::init(ExplainerOptions options) {
+  auto& m = *this;
   m.opt = std::move(options);
   m.method = &methods::find(m.opt.method);
   XCAM_CHECK(m.opt.score_chunk > 0, "score_chunk must be positive, got {}", m.opt.score_chunk);
@@ -176,7 +214,7 @@ std::vector<MapResult> Explainer::explain_preprocessed(const std::vector<float>&
   auto images = torch::from_blob(const_cast<float*>(nchw.data()), {batch, 3, p.height, p.width}, torch::kFloat32)
                     .to(impl_->model.device());
   StageTimes local;
-  auto out = impl_->run(images, ids, requests, &local);
+  auto out = host_errors([&] { return impl_->run(images, ids, requests, &local); });
   if (times) *times = local;
   return out;
 }
@@ -262,8 +300,10 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
       kernels::MapOutput out;
       if (method->name == "gradcam" && !opt.eigen_smooth)
         out = kernels::gradcam(a, g, H, W);  // the fused one-pass kernel
-      else if (method->forwards)
+      else if (method->name == "scorecam")
         out = kernels::normalize_resize(scorecam(a, batch, r), H, W);
+      else if (method->name == "ablationcam")
+        out = kernels::normalize_resize(ablationcam(l, fwd.taps[l].detach(), a, batch, r, y.detach()), H, W);
       else
         out = kernels::normalize_resize(methods::raw_map(*method, a, g, opt.eigen_smooth), H, W);
       low[l] = out.lowres.cpu();
@@ -330,18 +370,191 @@ at::Tensor Explainer::Impl::scorecam(const at::Tensor& a, const Batch& batch, si
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t k0 = 0; k0 < K; k0 += opt.score_chunk) {
       const int64_t k1 = std::min(K, k0 + opt.score_chunk);
-      Batch masked;
-      masked.images = kernels::scorecam_masks(a[b], k0, k1, batch.images[b]);
-      masked.labels = batch.labels;
-      masked.extras = batch.extras;
-      masked.targets.assign(static_cast<size_t>(k1 - k0), {batch.targets[b][rank]});
-      masked.ids.assign(static_cast<size_t>(k1 - k0), batch.ids[b]);
-      plugin->prepare(model.module(), masked);
+      Batch masked = repeat_sample(batch, b, rank, kernels::scorecam_masks(a[b], k0, k1, batch.images[b]));
       const auto out = model.module().forward(masked.inputs);
       scores[b].slice(0, k0, k1).copy_(plugin->score(out, masked, 0, nullptr));
     }
   }
   const auto w = scores.softmax(1);
+  if (opt.eigen_smooth) return methods::eigen_projection(a.to(torch::kFloat32) * w.unsqueeze(-1).unsqueeze(-1));
+  return kernels::weighted_sum_relu(a, w);
+}
+
+Batch Explainer::Impl::single_target(const at::Tensor& images, const Target& target, const std::string& id,
+                                     const Batch* like) {
+  Batch out;
+  const auto n = static_cast<size_t>(images.size(0));
+  out.images = images;
+  out.labels = labels;
+  if (like) out.extras = like->extras;
+  out.targets.assign(n, {target});
+  out.ids.assign(n, id);
+  plugin->prepare(model.module(), out);
+  return out;
+}
+
+Batch Explainer::Impl::repeat_sample(const Batch& batch, int64_t b, size_t rank, const at::Tensor& images) {
+  return single_target(images, batch.targets[b][rank], batch.ids[b], &batch);
+}
+
+std::vector<double> Explainer::Impl::probabilities(const at::Tensor& images, const Target& target,
+                                                   const std::string& id) {
+  Batch part = single_target(images, target, id);
+  const auto out = model.module().forward(part.inputs);
+  std::vector<double> p;
+  plugin->score(out, part, 0, &p);
+  XCAM_CHECK(static_cast<int64_t>(p.size()) == images.size(0),
+             "plugin '{}' gives no readable score (probability) for its targets, which the faithfulness metrics "
+             "need; use a plugin that fills the scores of ArchPlugin::score",
+             opt.plugin);
+  return p;
+}
+
+std::vector<Faithfulness> Explainer::faithfulness(const std::vector<cv::Mat>& images,
+                                                  const std::vector<std::string>& ids,
+                                                  const std::vector<MapResult>& maps,
+                                                  const FaithfulnessOptions& options) {
+  std::vector<float> nchw;
+  nchw.reserve(images.size() * 3 * impl_->pre.height * impl_->pre.width);
+  for (const auto& im : images) preprocess_into(im, impl_->pre, nchw);
+  return faithfulness(nchw, static_cast<int64_t>(images.size()), ids, maps, options);
+}
+
+std::vector<Faithfulness> Explainer::faithfulness(const std::vector<float>& nchw, int64_t batch,
+                                                  const std::vector<std::string>& ids,
+                                                  const std::vector<MapResult>& maps,
+                                                  const FaithfulnessOptions& o) {
+  return host_errors([&] { return impl_->faithfulness(nchw, batch, ids, maps, o); });
+}
+
+std::vector<Faithfulness> Explainer::Impl::faithfulness(const std::vector<float>& nchw, int64_t batch,
+                                                        const std::vector<std::string>& ids,
+                                                        const std::vector<MapResult>& maps,
+                                                        const FaithfulnessOptions& o) {
+  auto& m = *this;
+  const auto& p = m.pre;
+  const int64_t H = p.height, W = p.width, HW = H * W;
+  XCAM_CHECK(static_cast<int64_t>(nchw.size()) == batch * 3 * HW,
+             "preprocessed batch has {} floats, expected {} x 3 x {} x {}", nchw.size(), batch, H, W);
+  XCAM_CHECK(static_cast<int64_t>(ids.size()) == batch, "{} ids for a batch of {}", ids.size(), batch);
+  XCAM_CHECK(o.chunk > 0, "faithfulness chunk must be positive, got {}", o.chunk);
+  XCAM_CHECK(o.steps >= 0, "faithfulness steps must be positive (or 0 for the default), got {}", o.steps);
+  torch::NoGradGuard no_grad;
+  const auto dev = m.model.device();
+  const auto images =
+      torch::from_blob(const_cast<float*>(nchw.data()), {batch, 3, H, W}, torch::kFloat32).to(dev, false, true);
+
+  // Insertion's start: an 11 x 11 Gaussian (sigma 5) blur of each channel,
+  // zero padded (0 is the mean colour in the normalised space).
+  const auto g1 = (torch::arange(11, torch::kFloat64) - 5).pow(2).div(-2.0 * 25.0).exp();
+  const auto g2 = torch::outer(g1, g1);
+  const auto kernel = (g2 / g2.sum()).to(torch::kFloat32).to(dev).expand({3, 1, 11, 11}).contiguous();
+  const auto blurred = torch::conv2d(images, kernel, {}, 1, 5, 1, 3);
+
+  const int64_t n = o.steps > 0 ? o.steps : std::max<int64_t>(1, std::llround(std::sqrt(double(HW))));
+  const int64_t step = (HW + n - 1) / n;
+  std::vector<Faithfulness> out;
+  out.reserve(maps.size());
+  for (const auto& mr : maps) {
+    const auto it = std::find(ids.begin(), ids.end(), mr.image_id);
+    XCAM_CHECK(it != ids.end(), "faithfulness: map for '{}' but no image with that id in the batch", mr.image_id);
+    XCAM_CHECK(static_cast<int64_t>(mr.map.size()) == HW,
+               "faithfulness: map for '{}' has {} values, expected {} x {} (the model's input size)", mr.image_id,
+               mr.map.size(), H, W);
+    const int64_t b = it - ids.begin();
+    const auto x = images[b];
+    const auto sal = torch::from_blob(const_cast<float*>(mr.map.data()), {HW}, torch::kFloat32).to(dev, false, true);
+    // rank[p]: position of pixel p in descending map order, ties in pixel order
+    const auto order = std::get<1>(sal.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    const auto rank = torch::empty_like(order).scatter_(0, order, torch::arange(HW, order.options())).view({1, 1, H, W});
+
+    // The perturbed inputs, in order: x, x * map, deletion states 0..n,
+    // insertion states 0..n; state s has its first min(s * step, HW) pixels
+    // (in map order) deleted / inserted.
+    const int64_t total = 2 * n + 4;
+    auto states = [&](int64_t s0, int64_t s1) {
+      const auto th = (torch::arange(s0, s1, rank.options()) * step).view({-1, 1, 1, 1});
+      return rank < th;  // (s1 - s0) x 1 x H x W
+    };
+    auto build = [&](int64_t j0, int64_t j1) {
+      std::vector<at::Tensor> parts;
+      if (j0 <= 0 && 0 < j1) parts.push_back(x.unsqueeze(0));
+      if (j0 <= 1 && 1 < j1) parts.push_back((x * sal.view({1, H, W})).unsqueeze(0));
+      const int64_t d0 = std::max(j0, int64_t{2}), d1 = std::min(j1, n + 3);
+      if (d0 < d1)
+        parts.push_back(x.unsqueeze(0).expand({d1 - d0, 3, H, W}).masked_fill(states(d0 - 2, d1 - 2), 0.0));
+      const int64_t i0 = std::max(j0, n + 3), i1 = std::min(j1, total);
+      if (i0 < i1) parts.push_back(torch::where(states(i0 - n - 3, i1 - n - 3), x.unsqueeze(0), blurred[b].unsqueeze(0)));
+      return torch::cat(parts, 0);
+    };
+    Target t;
+    t.index = mr.target_index;
+    t.label = mr.target_label;
+    std::vector<double> probs;
+    probs.reserve(static_cast<size_t>(total));
+    for (int64_t j0 = 0; j0 < total; j0 += o.chunk) {
+      const auto part = m.probabilities(build(j0, std::min(total, j0 + o.chunk)), t, mr.image_id);
+      probs.insert(probs.end(), part.begin(), part.end());
+    }
+
+    Faithfulness f;
+    f.base = probs[0];
+    f.masked = probs[1];
+    f.drop = f.base > 0 ? 100.0 * std::max(0.0, f.base - f.masked) / f.base : 0.0;
+    f.increase = f.base < f.masked;
+    auto auc = [&](size_t first, std::vector<double>* keep) {
+      double sum = 0;
+      for (int64_t s = 0; s <= n; ++s) sum += probs[first + s];
+      if (keep) keep->assign(probs.begin() + first, probs.begin() + first + n + 1);
+      return (sum - probs[first] / 2 - probs[first + n] / 2) / static_cast<double>(n);
+    };
+    f.deletion = auc(2, o.curves ? &f.deletion_curve : nullptr);
+    f.insertion = auc(static_cast<size_t>(n + 3), o.curves ? &f.insertion_curve : nullptr);
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
+at::Tensor Explainer::Impl::ablationcam(size_t l, const at::Tensor& tap, const at::Tensor& a, const Batch& batch,
+                                        size_t rank, const at::Tensor& y) {
+  torch::NoGradGuard no_grad;
+  const int64_t B = a.size(0), K = a.size(1);
+  // Channels of the tapped tensor: dim 1 of B x K x ..., or the last dim of
+  // B x N x C tokens (which the plugin's to_grid turns into K = C channels).
+  const int64_t cdim = tap.dim() == 3 ? 2 : 1;
+  XCAM_CHECK(tap.dim() >= 2 && tap.size(cdim) == K,
+             "ablationcam: layer '{}' gives a tensor of shape {} whose channels do not match the {} channels of "
+             "its grid; tap a layer whose output is B x K x h x w or B x N x C",
+             layers[l], c10::str(tap.sizes()), K);
+  auto scores = torch::empty({B, K}, y.options().dtype(torch::kFloat32));
+  for (int64_t b = 0; b < B; ++b) {
+    const auto sample = tap[b].unsqueeze(0);
+    // SPEC section 2: 0 when the sample's minimum is 0 (post-ReLU layers),
+    // otherwise the minimum minus 1e7. Decided on the device, no host sync.
+    const auto lo = sample.min();
+    const auto value = at::where(lo == 0, at::zeros_like(lo), lo - 1e7);
+    for (int64_t k0 = 0; k0 < K; k0 += opt.score_chunk) {
+      const int64_t n = std::min(K, k0 + opt.score_chunk) - k0;
+      std::vector<int64_t> reps(static_cast<size_t>(tap.dim()), 1);
+      reps[0] = n;
+      auto ablated = sample.repeat(reps);
+      // copy i has channel k0 + i ablated: a one-hot n x K mask, broadcast
+      std::vector<int64_t> mshape(static_cast<size_t>(tap.dim()), 1);
+      mshape[0] = n;
+      mshape[static_cast<size_t>(cdim)] = K;
+      const auto mask = at::arange(K, tap.options().dtype(torch::kLong))
+                            .unsqueeze(0)
+                            .eq(at::arange(k0, k0 + n, tap.options().dtype(torch::kLong)).unsqueeze(1))
+                            .view(mshape);
+      ablated.masked_fill_(mask, value.to(ablated.dtype()));
+      const auto images = batch.images[b].unsqueeze(0).expand({n, -1, -1, -1}).contiguous();
+      Batch part = repeat_sample(batch, b, rank, images);
+      const auto out = tapped->run_replacing(part.inputs, l, ablated);
+      scores[b].slice(0, k0, k0 + n).copy_(plugin->score(out, part, 0, nullptr));
+    }
+  }
+  const auto y0 = y.to(torch::kFloat32).unsqueeze(1);
+  const auto w = (y0 - scores) / y0;
   if (opt.eigen_smooth) return methods::eigen_projection(a.to(torch::kFloat32) * w.unsqueeze(-1).unsqueeze(-1));
   return kernels::weighted_sum_relu(a, w);
 }
@@ -355,7 +568,7 @@ void Explainer::forward_only(const std::vector<float>& nchw, int64_t batch, Stag
   torch::NoGradGuard no_grad;
   Batch b;
   b.images = images;
-  m.plugin->prepare(m.model.module(), b);
+  host_errors([&] { m.plugin->prepare(m.model.module(), b); });
   auto out = m.model.module().forward(b.inputs);
   if (times) times->forward_ms = ms_since(t);
 }

@@ -51,6 +51,28 @@ struct MapResult {
   std::vector<std::string> warnings;  // constant map, NaN/Inf, ...
 };
 
+// Faithfulness metrics of SPEC section 5 for one map. "Probability" is the
+// plugin's readable score of the map's target (softmax probability for the
+// cnn plugin), in [0, 1].
+struct FaithfulnessOptions {
+  int64_t steps = 0;      // deletion / insertion steps n; 0: round(sqrt(H * W)), i.e. 224 at 224 x 224
+  int64_t chunk = 32;     // perturbed inputs per forward
+  bool curves = false;    // keep the n + 1 probabilities of each curve
+};
+
+struct Faithfulness {
+  double base = 0;        // Y: probability of the target on the unperturbed input
+  double masked = 0;      // O: on the input multiplied by the map (in the normalised space)
+  double drop = 0;        // average-drop term of this map: 100 * max(0, Y - O) / Y
+  bool increase = false;  // increase-in-confidence term: Y < O
+  // RISE: pixels in descending map order, n steps of ceil(H * W / n) pixels.
+  // Deletion replaces them with 0 in the normalised space (the mean colour),
+  // insertion puts them back into a Gaussian blur (11 x 11, sigma 5, zero
+  // padded) of the input; AUC = (sum s - s_0 / 2 - s_n / 2) / n.
+  double deletion = 0, insertion = 0;
+  std::vector<double> deletion_curve, insertion_curve;  // with FaithfulnessOptions::curves
+};
+
 // Wall-clock milliseconds per stage of one explain() call.
 struct StageTimes {
   double preprocess_ms = 0, forward_ms = 0, backward_ms = 0, cam_ms = 0;
@@ -90,6 +112,19 @@ class Explainer {
     std::vector<std::vector<float>> per_rank;
   };
   const std::vector<LowRes>& last_lowres() const;
+
+  // Faithfulness of maps (each height x width at the model's input size, for
+  // its target_index) on the preprocessed batch they explain; maps[i] belongs
+  // to the sample whose id is maps[i].image_id. Ties in the map keep pixel
+  // order (row-major), so results are reproducible. The perturbed inputs go
+  // through the model in batches of options.chunk.
+  std::vector<Faithfulness> faithfulness(const std::vector<float>& nchw, int64_t batch,
+                                         const std::vector<std::string>& ids, const std::vector<MapResult>& maps,
+                                         const FaithfulnessOptions& options = {});
+  // The same for 8-bit RGB images of any size (preprocessed as explain does).
+  std::vector<Faithfulness> faithfulness(const std::vector<cv::Mat>& images, const std::vector<std::string>& ids,
+                                         const std::vector<MapResult>& maps,
+                                         const FaithfulnessOptions& options = {});
 
   // The model's plain forward on the batch (no taps, no autograd): the
   // baseline `xcam bench` compares against.
