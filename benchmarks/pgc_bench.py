@@ -37,7 +37,7 @@ except ImportError:
 PEER_CLASSES = {
     "gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
     "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise", "eigencam": "EigenCAM",
-    "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM",
+    "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM",
 }
 
 TARGET_LAYER = "layer4"
@@ -63,8 +63,8 @@ def bench_pgc(model, batch, size, repeats, method="gradcam"):
             model(x)
 
     cam = getattr(pgc, PEER_CLASSES[method])(model=model, target_layers=[dict(model.named_modules())[TARGET_LAYER]])
-    if method == "scorecam":
-        cam.batch_size = 32  # the same chunk of masked inputs per forward as xcam's default
+    if method in ("scorecam", "ablationcam"):
+        cam.batch_size = 32  # the same chunk of perturbed inputs per forward as xcam's default
     # targets=None: pgc explains each sample's top class, as xcam does by default.
     result = (median_ms(forward, repeats), median_ms(lambda: cam(input_tensor=x, targets=None), repeats))
     cam.activations_and_grads.release()

@@ -27,7 +27,11 @@ struct ExplainerOptions {
   std::optional<std::array<float, 3>> mean, std;
   std::string labels_file;              // class names, one a line
   std::string device = "cpu";
-  int64_t score_chunk = 32;             // Score-CAM: masked inputs per forward
+  int64_t score_chunk = 32;             // Score-CAM, Ablation-CAM: perturbed inputs per forward
+  // Score-CAM's masked inputs and the faithfulness metrics' perturbed inputs
+  // go through a frozen, inference-optimised copy of the model (conv-BN
+  // folding, oneDNN layouts): ~1.4x faster, scores equal to ~1e-5.
+  bool optimize = true;
   // pgc's smoothing options. aug_smooth: explain the six test-time
   // augmentations (horizontal flip x {0.9, 1, 1.1} times the normalised input)
   // in one batched forward, targets resolved on the un-augmented copy, flip
