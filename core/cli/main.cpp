@@ -1,4 +1,4 @@
-// The xcam command-line tool: explain, run, layers, plugins, bench.
+// The xcam command-line tool: explain, run, compare, layers, plugins, bench.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -7,12 +7,15 @@
 #include <filesystem>
 #include <iostream>
 #include <random>
+#include <sstream>
 
+#include "xcam/compare.h"
 #include "xcam/error.h"
 #include "xcam/experiment.h"
 #include "xcam/explainer.h"
 #include "xcam/inspect.h"
 #include "xcam/plugin_loader.h"
+#include "xcam/render.h"
 
 namespace fs = std::filesystem;
 
@@ -32,6 +35,56 @@ void add_common(CLI::App* cmd, Common& c) {
   cmd->add_option("--threads", c.threads, "Intra-op threads (0: all cores)")->capture_default_str();
 }
 
+// The model and preprocessing flags `explain` and `compare` share.
+struct ModelFlags {
+  Common common;
+  xcam::ExplainerOptions eo;
+  std::vector<int64_t> size;
+  std::vector<float> mean, stdv;
+
+  void add(CLI::App* cmd, bool model_required) {
+    auto* m = cmd->add_option("--model", eo.model, "TorchScript model file");
+    if (model_required) m->required();
+    add_common(cmd, common);
+    cmd->add_option("--labels", eo.labels_file, "Class names, one a line");
+    cmd->add_option("--size", size, "Input height and width")->expected(2);
+    cmd->add_option("--mean", mean, "Normalisation mean (R G B)")->expected(3);
+    cmd->add_option("--std", stdv, "Normalisation std (R G B)")->expected(3);
+    cmd->add_option("--device", eo.device, "cpu or cuda")->capture_default_str();
+    cmd->add_flag("--aug-smooth", eo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
+    cmd->add_flag("--eigen-smooth", eo.eigen_smooth,
+                  "First principal component of the weighted activations, not their sum");
+  }
+
+  xcam::ExplainerOptions options() const {
+    xcam::ExplainerOptions o = eo;
+    o.plugin = common.plugin;
+    o.plugin_dirs = common.plugin_dirs;
+    o.plugin_options = common.plugin_options;
+    if (!size.empty()) {
+      o.height = size[0];
+      o.width = size[1];
+    }
+    if (!mean.empty()) o.mean = std::array<float, 3>{mean[0], mean[1], mean[2]};
+    if (!stdv.empty()) o.std = std::array<float, 3>{stdv[0], stdv[1], stdv[2]};
+    return o;
+  }
+};
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string t; std::getline(ss, t, sep);)
+    if (!t.empty()) out.push_back(t);
+  return out;
+}
+
+// The comparison table after a run's summary.
+void print_comparison(const xcam::RunSummary& summary, const std::string& sort_by, const std::string& dir) {
+  std::cout << "\n" << xcam::format_comparison(xcam::compare_rows(summary.records, sort_by), sort_by);
+  std::cout << fmt::format("table: {}/compare.csv, {}/compare.json\n", dir, dir);
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
@@ -46,10 +99,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "xcam 0.1.0");
 
   // ---- explain
-  Common ce;
-  xcam::ExplainerOptions eo;
-  std::vector<int64_t> size;
-  std::vector<float> mean, stdv;
+  ModelFlags fe;
   std::vector<std::string> images;
   xcam::OutputOptions out;
   std::string boxes_file;
@@ -63,18 +113,10 @@ int main(int argc, char** argv) {
                                "  <image stem>_<target>_panel.png  with --panel: image | heatmap | overlay\n"
                                "  results.json, results.csv  one row per map: score, timings, metrics\n"
                                "<target> is the class name (from --labels) or the class index.");
-  explain->add_option("--model", eo.model, "TorchScript model file")->required();
-  add_common(explain, ce);
-  explain->add_option("--layer", eo.layers, "Layer to tap (dotted path, name@i for the i-th call); repeat to aggregate");
-  explain->add_option("--method", eo.method, "Method: " + fmt::format("{}", fmt::join(xcam::available_methods(), ", ")))->capture_default_str();
+  fe.add(explain, true);
+  explain->add_option("--layer", fe.eo.layers, "Layer to tap (dotted path, name@i for the i-th call); repeat to aggregate");
+  explain->add_option("--method", fe.eo.method, "Method: " + fmt::format("{}", fmt::join(xcam::available_methods(), ", ")))->capture_default_str();
   explain->add_option("--target", target, "top1 | topK | class index | class name (comma-separated for several)")->capture_default_str();
-  explain->add_option("--labels", eo.labels_file, "Class names, one a line");
-  explain->add_option("--size", size, "Input height and width")->expected(2);
-  explain->add_option("--mean", mean, "Normalisation mean (R G B)")->expected(3);
-  explain->add_option("--std", stdv, "Normalisation std (R G B)")->expected(3);
-  explain->add_option("--device", eo.device, "cpu or cuda")->capture_default_str();
-  explain->add_flag("--aug-smooth", eo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
-  explain->add_flag("--eigen-smooth", eo.eigen_smooth, "First principal component of the weighted activations, not their sum");
   explain->add_option("--batch", batch, "Images per forward")->capture_default_str();
   explain->add_option("--out", out.dir, "Output directory")->required();
   explain->add_option("--colormap", out.colormap, "jet, viridis, turbo, inferno or gray")->capture_default_str();
@@ -89,6 +131,50 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "Run a YAML experiment (resumes; --force redoes)");
   run->add_option("config", config, "Experiment YAML")->required();
   run->add_flag("--force", run_opt.force, "Redo items that are already finished");
+
+  // ---- compare
+  ModelFlags fc;
+  std::vector<std::string> cmp_args, cmp_layers;
+  std::string cmp_methods = fmt::format("{}", fmt::join(xcam::available_methods(), ","));
+  std::string cmp_target = "top1", cmp_boxes, cmp_sort;
+  xcam::OutputOptions cmp_out;
+  xcam::CompareOptions cmp_opt;
+  int cmp_batch = 8;
+  bool cmp_no_grid = false;
+  xcam::RunOptions cmp_run;
+  auto* compare =
+      app.add_subcommand("compare", "Compare methods x layer sets: a table of their metrics, a grid per image")
+          ->footer("Two forms:\n"
+                   "  xcam compare CONFIG.yaml [--sort METRIC] [--force]\n"
+                   "      the experiment as a comparison (its `compare` key, or the defaults)\n"
+                   "  xcam compare --model M [--methods a,b] [--layer L]... [--boxes B] --out DIR IMAGES...\n"
+                   "      --layer is repeatable, one layer set each; 'a+b' aggregates layers a and b\n"
+                   "Outputs in the output directory, besides those of `xcam run`:\n"
+                   "  compare.csv, compare.json  one row per method and layer set: maps, pointing game (and\n"
+                   "                             its centre baseline), energy, deletion and insertion AUC,\n"
+                   "                             average drop, increase in confidence, ms per map\n"
+                   "  grid/<image stem>_<target>.png  the image and each method's overlay per layer set\n"
+                   "METRIC: pointing, energy, insertion, increase (higher is better), deletion, drop, ms\n"
+                   "(lower is better); rows are sorted better first.");
+  compare->add_option("inputs", cmp_args, "An experiment YAML; with --model, the images (files, globs, directories)")
+      ->required();
+  compare->add_option("--sort", cmp_sort, "Metric the table is sorted by (default: the YAML's, else insertion)");
+  compare->add_flag("--force", cmp_run.force, "Redo items that are already finished");
+  // The flag form's options (refused with a YAML file, which has its own).
+  fc.add(compare, false);
+  compare->add_option("--methods", cmp_methods, "Methods, comma-separated")->capture_default_str();
+  compare->add_option("--layer", cmp_layers, "A layer set (repeat for several; 'a+b' aggregates a and b)");
+  compare->add_option("--target", cmp_target, "top1 | topK | class index | class name | annotated (comma-separated)")
+      ->capture_default_str();
+  compare->add_option("--batch", cmp_batch, "Images per forward")->capture_default_str();
+  compare->add_option("--out", cmp_out.dir, "Output directory");
+  compare->add_option("--colormap", cmp_out.colormap, "jet, viridis, turbo, inferno or gray")->capture_default_str();
+  compare->add_option("--alpha", cmp_out.alpha, "Image weight of the overlay")->capture_default_str();
+  compare->add_option("--boxes", cmp_boxes, "Ground-truth boxes (JSON) for the pointing game");
+  compare->add_option("--steps", cmp_opt.faithfulness.steps, "Deletion / insertion steps (0: round(sqrt(H * W)))")
+      ->capture_default_str();
+  compare->add_option("--chunk", cmp_opt.faithfulness.chunk, "Perturbed inputs per forward")->capture_default_str();
+  compare->add_flag("--no-grid", cmp_no_grid, "No per-image grids");
 
   // ---- layers
   std::string layers_model;
@@ -125,20 +211,9 @@ int main(int argc, char** argv) {
 
   try {
     if (*explain) {
-      xcam::set_threads(ce.threads);
-      eo.plugin = ce.plugin;
-      eo.plugin_dirs = ce.plugin_dirs;
-      eo.plugin_options = ce.plugin_options;
-      if (!size.empty()) {
-        eo.height = size[0];
-        eo.width = size[1];
-      }
-      if (!mean.empty()) eo.mean = std::array<float, 3>{mean[0], mean[1], mean[2]};
-      if (!stdv.empty()) eo.std = std::array<float, 3>{stdv[0], stdv[1], stdv[2]};
-      eo.targets.clear();
-      std::stringstream ss(target);
-      for (std::string t; std::getline(ss, t, ',');)
-        if (!t.empty()) eo.targets.push_back(t);
+      xcam::set_threads(fe.common.threads);
+      auto eo = fe.options();
+      eo.targets = split(target, ',');
       out.save_panel = panel;
       std::map<std::string, std::vector<xcam::Box>> boxes;
       if (!boxes_file.empty()) boxes = xcam::read_boxes(boxes_file);
@@ -156,7 +231,65 @@ int main(int argc, char** argv) {
                                cfg.images.size(), fmt::join(cfg.methods, ", "), cfg.layer_sets.size(),
                                cfg.outputs.dir);
       const auto summary = xcam::run_experiment(cfg, run_opt);
-      xcam::print_summary(summary);
+      xcam::print_summary(summary, !cfg.compare);
+      if (cfg.compare) print_comparison(summary, cfg.compare->sort_by, cfg.outputs.dir);
+      return summary.failed > 0 ? 1 : 0;
+    }
+    if (*compare) {
+      if (!cmp_sort.empty()) xcam::check_compare_metric(cmp_sort);
+      xcam::ExperimentConfig cfg;
+      const bool yaml_form = fc.eo.model.empty();
+      if (yaml_form) {
+        XCAM_CHECK(cmp_args.size() == 1,
+                   "compare takes one experiment YAML, or --model with images; got {} arguments and no --model",
+                   cmp_args.size());
+        for (const auto* opt : compare->get_options()) {
+          const std::string name = opt->get_name();
+          XCAM_CHECK(opt->count() == 0 || name == "inputs" || name == "--sort" || name == "--force" ||
+                         name == "--help",
+                     "{} applies to the flag form (with --model); with an experiment YAML, set it in the file",
+                     opt->get_name(false, true));
+        }
+        cfg = xcam::load_experiment(cmp_args[0]);
+        if (!cfg.compare) cfg.compare.emplace();
+        if (cfg.compare->grid && !cfg.outputs.save_map && !cfg.outputs.save_overlay) cfg.compare->grid = false;
+      } else {
+        XCAM_CHECK(!cmp_out.dir.empty(), "compare --model needs --out DIR (where the maps and the table go)");
+        cfg.name = "compare";
+        cfg.explainer = fc.options();
+        cfg.methods = split(cmp_methods, ',');
+        const auto& known = xcam::available_methods();
+        for (const auto& m : cfg.methods)
+          XCAM_CHECK(std::find(known.begin(), known.end(), m) != known.end(),
+                     "method '{}' is not available; choose from: {}", m, fmt::join(known, ", "));
+        for (const auto& l : cmp_layers) cfg.layer_sets.push_back(split(l, '+'));
+        if (cfg.layer_sets.empty()) cfg.layer_sets.push_back({});
+        cfg.targets = split(cmp_target, ',');
+        XCAM_CHECK(std::find(cfg.targets.begin(), cfg.targets.end(), "annotated") == cfg.targets.end() ||
+                       !cmp_boxes.empty(),
+                   "--target annotated needs --boxes (the ground-truth boxes file)");
+        cfg.images = xcam::expand_inputs(cmp_args, "");
+        cfg.boxes = cmp_boxes;
+        cfg.batch_size = std::max(1, cmp_batch);
+        cfg.threads = fc.common.threads;
+        xcam::parse_colormap(cmp_out.colormap);
+        cfg.outputs = cmp_out;
+        cmp_opt.grid = !cmp_no_grid;
+        XCAM_CHECK(cmp_opt.faithfulness.steps >= 0, "--steps must be at least 0 (0: round(sqrt(H * W))), got {}",
+                   cmp_opt.faithfulness.steps);
+        XCAM_CHECK(cmp_opt.faithfulness.chunk >= 1, "--chunk must be at least 1, got {}", cmp_opt.faithfulness.chunk);
+        cfg.compare = cmp_opt;
+      }
+      if (!cmp_sort.empty()) cfg.compare->sort_by = cmp_sort;
+      const auto& sort_by = cfg.compare->sort_by;
+      XCAM_CHECK((sort_by != "pointing" && sort_by != "energy") || !cfg.boxes.empty(),
+                 "sorting by {} needs ground-truth boxes ({}); sort by one of deletion, insertion, drop, increase, ms",
+                 sort_by, yaml_form ? "inputs.boxes in the experiment" : "--boxes");
+      std::cout << fmt::format("comparing {} method(s) x {} layer set(s) on {} images, outputs in {}\n",
+                               cfg.methods.size(), cfg.layer_sets.size(), cfg.images.size(), cfg.outputs.dir);
+      const auto summary = xcam::run_experiment(cfg, cmp_run);
+      xcam::print_summary(summary, false);
+      print_comparison(summary, sort_by, cfg.outputs.dir);
       return summary.failed > 0 ? 1 : 0;
     }
     if (*layers) {

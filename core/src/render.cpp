@@ -88,6 +88,91 @@ cv::Mat render_panel(const cv::Mat& rgb, const Rendered& r, const std::string& t
   return panel;
 }
 
+namespace {
+
+// The largest scale in [min_scale, scale] at which `text` fits in `width`.
+double fit_scale(const std::string& text, int width, double scale, double min_scale) {
+  int baseline = 0;
+  while (scale > min_scale && cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, scale, 1, &baseline).width > width)
+    scale -= 0.05;
+  return std::max(scale, min_scale);
+}
+
+int text_width(const std::string& text, double scale) {
+  int baseline = 0;
+  return cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, scale, 1, &baseline).width;
+}
+
+}  // namespace
+
+cv::Mat render_grid(const std::string& title, const std::vector<std::string>& col_headers,
+                    const std::vector<std::string>& row_labels, const std::vector<std::vector<cv::Mat>>& tiles,
+                    int min_tile) {
+  const size_t rows = tiles.size(), cols = col_headers.size();
+  XCAM_CHECK(rows > 0 && cols > 0, "render_grid needs at least one row and one column, got {} x {}", rows, cols);
+  XCAM_CHECK(row_labels.empty() || row_labels.size() == rows, "render_grid: {} row labels for {} rows",
+             row_labels.size(), rows);
+  const cv::Mat* first = nullptr;
+  int tallest = 0;
+  for (const auto& row : tiles) {
+    XCAM_CHECK(row.size() == cols, "render_grid: a row has {} tiles for {} column headers", row.size(), cols);
+    for (const auto& t : row) {
+      if (t.empty()) continue;
+      XCAM_CHECK(t.type() == CV_8UC3, "render_grid expects 8-bit RGB tiles");
+      if (!first) first = &t;
+      tallest = std::max(tallest, t.rows);
+    }
+  }
+  const int tile_h = std::max(min_tile, tallest);
+  const int tile_w =
+      first ? std::max(1, static_cast<int>(std::lround(static_cast<double>(first->cols) * tile_h / first->rows)))
+            : tile_h;
+  const int gap = 4, title_h = 30, header_h = 22, pad = 4;
+  const double text_scale = 0.45;
+
+  int label_w = 0;
+  for (const auto& l : row_labels) label_w = std::max(label_w, text_width(l, text_scale) + 2 * pad);
+  std::vector<int> col_w(cols), col_x(cols);
+  int width = label_w;
+  for (size_t c = 0; c < cols; ++c) {
+    col_w[c] = std::max(tile_w, text_width(col_headers[c], text_scale) + 2 * pad);
+    col_x[c] = width;
+    width += col_w[c] + gap;
+  }
+  const int height = title_h + header_h + static_cast<int>(rows) * (tile_h + gap);
+  cv::Mat grid(height, width, CV_8UC3, cv::Scalar(255, 255, 255));
+  const cv::Scalar black(0, 0, 0);
+
+  const double title_scale = fit_scale(title, width - 2 * pad, 0.6, 0.3);
+  cv::putText(grid, title, cv::Point(pad, title_h - 10), cv::FONT_HERSHEY_SIMPLEX, title_scale, black, 1,
+              cv::LINE_AA);
+  for (size_t c = 0; c < cols; ++c) {
+    const int w = text_width(col_headers[c], text_scale);
+    cv::putText(grid, col_headers[c], cv::Point(col_x[c] + (col_w[c] - w) / 2, title_h + header_h - 7),
+                cv::FONT_HERSHEY_SIMPLEX, text_scale, black, 1, cv::LINE_AA);
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    const int y = title_h + header_h + static_cast<int>(r) * (tile_h + gap);
+    if (!row_labels.empty())
+      cv::putText(grid, row_labels[r], cv::Point(pad, y + tile_h / 2 + 5), cv::FONT_HERSHEY_SIMPLEX, text_scale,
+                  black, 1, cv::LINE_AA);
+    for (size_t c = 0; c < cols; ++c) {
+      const cv::Rect cell(col_x[c] + (col_w[c] - tile_w) / 2, y, tile_w, tile_h);
+      cv::Mat roi = grid(cell);
+      const cv::Mat& t = tiles[r][c];
+      if (t.empty()) {
+        roi.setTo(cv::Scalar(224, 224, 224));
+        const int w = text_width("n/a", text_scale);
+        cv::putText(grid, "n/a", cv::Point(cell.x + (tile_w - w) / 2, y + tile_h / 2 + 5), cv::FONT_HERSHEY_SIMPLEX,
+                    text_scale, black, 1, cv::LINE_AA);
+      } else {
+        cv::resize(t, roi, roi.size(), 0, 0, t.rows == tile_h && t.cols == tile_w ? cv::INTER_NEAREST : cv::INTER_LINEAR);
+      }
+    }
+  }
+  return grid;
+}
+
 void write_png(const std::string& path, const cv::Mat& rgb) {
   cv::Mat bgr;
   cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);

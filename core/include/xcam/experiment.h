@@ -20,6 +20,19 @@ struct OutputOptions {
   bool save_panel = false;   // <stem>_<target>_panel.png
   std::string colormap = "jet";
   float alpha = 0.5f;        // image weight of the overlay
+  // When set, every map is also scored with the faithfulness metrics
+  // (deletion, insertion, average drop, increase in confidence).
+  std::optional<FaithfulnessOptions> faithfulness;
+};
+
+// Method comparison (the experiment's `compare` key, `xcam compare`): the
+// faithfulness metrics for every map, a table of each method and layer set
+// sorted by `sort_by` (compare_metrics() names the keys), and per image and
+// target a grid of overlays, layer sets x methods.
+struct CompareOptions {
+  std::string sort_by = "insertion";
+  FaithfulnessOptions faithfulness;  // steps (0: the default), chunk
+  bool grid = true;
 };
 
 struct ExperimentConfig {
@@ -34,6 +47,7 @@ struct ExperimentConfig {
   int batch_size = 8;
   int threads = 0;
   OutputOptions outputs;
+  std::optional<CompareOptions> compare;    // set: the run is a method comparison
 };
 
 // Parses and validates a YAML experiment. Errors name the file, line and key;
@@ -54,12 +68,20 @@ struct ItemRecord {
   std::optional<bool> pointing_hit;
   std::optional<bool> centre_hit;
   std::optional<double> energy;
+  // Faithfulness (with OutputOptions::faithfulness): deletion and insertion
+  // AUC, the average-drop term 100 * max(0, Y - O) / Y and the
+  // increase-in-confidence term Y < O of this map.
+  std::optional<double> deletion, insertion, drop;
+  std::optional<bool> increase;
   std::vector<std::string> outputs, warnings;
 };
 
 struct RunOptions {
   bool force = false;     // redo finished items
   bool progress = true;   // progress line on a terminal
+  // Explain the first batch once, untimed, before the timed calls, so the
+  // times do not include one-off set-up (on for comparisons).
+  bool warmup = false;
 };
 
 struct RunSummary {
@@ -67,6 +89,9 @@ struct RunSummary {
   std::vector<std::string> failures;  // one line each: input and reason
   // per "method layers": pointing game of the maps and of the centre baseline
   std::map<std::string, std::pair<PointingGame, PointingGame>> pointing;
+  // run_experiment: the records of every map, finished now or before, with
+  // outputs relative to the experiment's output directory.
+  std::vector<ItemRecord> records;
 };
 
 // Runs every method x layer set over the inputs; writes outputs, per-item
@@ -83,8 +108,12 @@ void explain_and_write(Explainer& ex, const std::vector<std::string>& images, in
                        std::vector<ItemRecord>& records, RunSummary& summary, const RunOptions& opt,
                        const std::string& progress_label = "");
 
-// Prints the summary (counts, pointing game with the centre baseline,
-// failures) to stdout.
-void print_summary(const RunSummary& s);
+// Prints the summary (counts, pointing game with the centre baseline unless
+// `pointing` is false, failures) to stdout.
+void print_summary(const RunSummary& s, bool pointing = true);
+
+// A label as output file and directory names use it: letters, digits, '-'
+// and '.' kept, anything else '_'.
+std::string safe_name(const std::string& s);
 
 }  // namespace xcam

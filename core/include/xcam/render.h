@@ -29,6 +29,18 @@ Rendered render_overlay(const cv::Mat& rgb, const std::vector<float>& map, float
 // so the title stays readable for small images.
 cv::Mat render_panel(const cv::Mat& rgb, const Rendered& r, const std::string& title);
 
+// A titled grid of RGB tiles: `tiles[r][c]` (any sizes; an empty Mat is a
+// grey tile marked "n/a"), `col_headers` above the columns, `row_labels`
+// (optional) left of the rows. Every tile is scaled to tile_h x tile_w:
+// tile_h = max(min_tile, the tallest tile), tile_w by the first tile's
+// aspect. A column is as wide as its tile or its header, whichever is wider,
+// the tile centred. Geometry, in pixels: height = 30 (title) + 22 (headers)
+// + rows * (tile_h + 4); width = label column + sum over columns of
+// (column width + 4), the label column as wide as the widest row label.
+cv::Mat render_grid(const std::string& title, const std::vector<std::string>& col_headers,
+                    const std::vector<std::string>& row_labels, const std::vector<std::vector<cv::Mat>>& tiles,
+                    int min_tile = 128);
+
 // Writes an RGB image as PNG, atomically. Throws xcam::Error naming the file.
 void write_png(const std::string& path, const cv::Mat& rgb);
 

@@ -11,4 +11,8 @@ namespace xcam {
 std::vector<std::string> closest_names(const std::string& wanted, const std::vector<std::string>& candidates,
                                        size_t max_results = 3);
 
+// `s` as one CSV field: quoted (with doubled quotes) when it holds a comma,
+// a quote or a newline.
+std::string csv_field(const std::string& s);
+
 }  // namespace xcam
