@@ -52,6 +52,8 @@ struct ModelFlags {
     cmd->add_option("--std", stdv, "Normalisation std (R G B)")->expected(3);
     cmd->add_option("--device", eo.device, "cpu or cuda")->capture_default_str();
     cmd->add_flag("--aug-smooth", eo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
+    cmd->add_option("--perturb-chunk", eo.score_chunk,
+                    "Score-CAM / Ablation-CAM: perturbed inputs per forward")->capture_default_str();
     cmd->add_flag("--eigen-smooth", eo.eigen_smooth,
                   "First principal component of the weighted activations, not their sum");
   }
@@ -201,6 +203,11 @@ int main(int argc, char** argv) {
   bench->add_option("--method", bo.method, "Method")->capture_default_str();
   bench->add_flag("--aug-smooth", bo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
   bench->add_flag("--eigen-smooth", bo.eigen_smooth, "First principal component of the weighted activations, not their sum");
+  bench->add_option("--perturb-chunk", bo.score_chunk, "Score-CAM / Ablation-CAM: perturbed inputs per forward")
+      ->capture_default_str();
+  bool no_optimize = false;
+  bench->add_flag("--no-optimize", no_optimize,
+                  "Score-CAM's masked forwards on the model as loaded, not a frozen inference-optimised copy");
   bench->add_option("--batch", bbatch, "Batch size")->capture_default_str();
   bench->add_option("--size", bsize, "Input height and width")->expected(2)->capture_default_str();
   bench->add_option("--repeats", repeats, "Timed repeats")->capture_default_str();
@@ -316,6 +323,7 @@ int main(int argc, char** argv) {
     }
     if (*bench) {
       xcam::set_threads(cb.threads);
+      bo.optimize = !no_optimize;
       bo.plugin = cb.plugin;
       bo.plugin_dirs = cb.plugin_dirs;
       bo.plugin_options = cb.plugin_options;

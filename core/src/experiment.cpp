@@ -97,7 +97,8 @@ ExperimentConfig load_experiment(const std::string& path) {
   if (!root.IsMap()) y.fail(root, "an experiment is a mapping with at least model, layers and inputs");
   y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
                                        "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
-                                       "threads", "device", "aug_smooth", "eigen_smooth", "outputs", "compare"});
+                                       "threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "outputs",
+                                       "compare"});
   const std::string base = fs::path(path).parent_path().string();
   ExperimentConfig c;
   c.file = path;
@@ -131,6 +132,10 @@ ExperimentConfig load_experiment(const std::string& path) {
   if (root["device"]) e.device = y.as<std::string>(root["device"], "device", "cpu or cuda");
   if (root["aug_smooth"]) e.aug_smooth = y.as<bool>(root["aug_smooth"], "aug_smooth", "true or false");
   if (root["eigen_smooth"]) e.eigen_smooth = y.as<bool>(root["eigen_smooth"], "eigen_smooth", "true or false");
+  if (root["perturb_chunk"]) {
+    e.score_chunk = y.as<int64_t>(root["perturb_chunk"], "perturb_chunk", "a positive integer");
+    if (e.score_chunk < 1) y.fail(root["perturb_chunk"], "key 'perturb_chunk' must be at least 1");
+  }
 
   if (const auto& layers = root["layers"]) {
     if (layers.IsScalar()) {

@@ -156,7 +156,8 @@ void Explainer::Impl::init(ExplainerOptions options) {
   auto& m = *this;
   m.opt = std::move(options);
   m.method = &methods::find(m.opt.method);
-  XCAM_CHECK(m.opt.score_chunk > 0, "score_chunk must be positive, got {}", m.opt.score_chunk);
+  XCAM_CHECK(m.opt.score_chunk > 0,
+             "the perturbation chunk (--perturb-chunk, perturb_chunk) must be at least 1, got {}", m.opt.score_chunk);
   XCAM_CHECK(m.opt.device == "cpu" || (m.opt.device.rfind("cuda", 0) == 0 && torch::cuda::is_available()),
              "device '{}' is not available in this build (LibTorch {} {} CUDA); use device: cpu", m.opt.device,
              TORCH_VERSION, torch::cuda::is_available() ? "with" : "without");

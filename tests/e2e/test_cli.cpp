@@ -143,6 +143,11 @@ TEST(BadInput, OneLineErrorsNamingTheInput) {
   std::ofstream(tmp / "exp.yaml") << "model: m.pt\ninputs: " << source("zoo/data/shapes") << "\nmethod: gradcam\n";
   expect_one_line_error(run_command(xcam_cmd() + "run " + (tmp / "exp.yaml")),
                         "exp.yaml:3: unknown key 'method' in the experiment (did you mean 'methods'?)");
+  std::ofstream(tmp / "chunk.yaml") << "model: m.pt\ninputs: " << source("zoo/data/shapes") << "\nperturb_chunk: 0\n";
+  expect_one_line_error(run_command(xcam_cmd() + "run " + (tmp / "chunk.yaml")),
+                        "chunk.yaml:3: key 'perturb_chunk' must be at least 1");
+  expect_one_line_error(run_command(base + "--model " + model + " --method ablationcam --perturb-chunk 0 " + img),
+                        "the perturbation chunk (--perturb-chunk, perturb_chunk) must be at least 1, got 0");
   // Output directory that cannot be created: under a regular file.
   std::ofstream(tmp / "file") << "x";
   const auto r = run_command(xcam_cmd() + "explain --plugin-dir " + xcam::test::binary("plugins") +
