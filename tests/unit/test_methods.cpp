@@ -131,6 +131,39 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
 
 INSTANTIATE_TEST_SUITE_P(Peer, Methods, ::testing::ValuesIn(all_cases()), case_name);
 
+// Top-2 targets and two layers in one call, for every method: each layer's
+// low-resolution map of each rank equals a one-layer, one-target call's.
+TEST(MethodsTargets, TopKAndSeveralLayersInOneCallEqualSeparateCalls) {
+  const ModelCase& m = kModels[0];
+  const auto input = golden("shapes_input");
+  const int64_t B = 2;
+  const std::vector<float> x(input.f32.begin(), input.f32.begin() + B * 3 * m.size * m.size);
+  const auto ids = xcam::test::sample_ids(B);
+  for (const auto& k : xcam::available_methods()) {
+    auto o = xcam::test::cnn_options(model_path(m), "block3", m.size, k);
+    o.layers = {"block3", "block4"};
+    o.targets = {"top2"};
+    xcam::Explainer both(o);
+    const auto maps = both.explain_preprocessed(x, B, ids);
+    ASSERT_EQ(static_cast<int64_t>(maps.size()), 2 * B) << k;
+    const auto low = both.last_lowres();
+    ASSERT_EQ(low.size(), 2u);
+    for (size_t l = 0; l < 2; ++l) {
+      auto ol = xcam::test::cnn_options(model_path(m), o.layers[l], m.size, k);
+      xcam::Explainer single(ol);
+      for (size_t r = 0; r < 2; ++r) {
+        std::vector<std::vector<std::string>> req;
+        for (int64_t b = 0; b < B; ++b) req.push_back({std::to_string(maps[r * B + b].target_index)});
+        single.explain_preprocessed(x, B, ids, req);
+        const auto& ref = single.last_lowres().at(0).per_rank.at(0);
+        const auto& got = low[l].per_rank.at(r);
+        ASSERT_EQ(got.size(), ref.size()) << k;
+        EXPECT_LT(max_abs_diff(got, ref, 0), 1e-5) << k << " layer " << o.layers[l] << " rank " << r;
+      }
+    }
+  }
+}
+
 // SPEC section 1.8: a constant input (all-zero tensor: constant activations,
 // degenerate SVD, equal Score-CAM masks) gives finite maps, never NaN.
 TEST(MethodsDegenerate, ConstantInputGivesFiniteMaps) {
