@@ -576,7 +576,8 @@ at::Tensor Explainer::Impl::ablationcam(size_t l, const at::Tensor& tap, const a
                             .eq(at::arange(k0, k0 + n, tap.options().dtype(torch::kLong)).unsqueeze(1))
                             .view(mshape);
       ablated.masked_fill_(mask, value.to(ablated.dtype()));
-      const auto images = batch.images[b].unsqueeze(0).expand({n, -1, -1, -1}).contiguous();
+      // the input as the model takes it; what only led up to the tap is not run
+      const auto images = batch.images[b].unsqueeze(0).expand({n, -1, -1, -1});
       Batch part = repeat_sample(batch, b, rank, images);
       const auto out = tapped->run_replacing(part.inputs, l, ablated);
       scores[b].slice(0, k0, k0 + n).copy_(plugin->score(out, part, 0, nullptr));
