@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -58,6 +59,15 @@ inline CommandResult run_command(const std::string& cmd) {
 }
 
 inline std::string xcam_binary() { return binary("core/xcam"); }
+
+// An xcam run that failed: non-zero exit and exactly one line, an xcam error
+// that names `needle`.
+inline void expect_one_line_error(const CommandResult& r, const std::string& needle) {
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("xcam: error: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+}
 
 inline bool file_exists(const std::string& p) { return std::filesystem::exists(p); }
 

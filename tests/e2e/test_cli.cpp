@@ -14,6 +14,7 @@
 #include "xcam/io.h"
 
 namespace fs = std::filesystem;
+using xcam::test::expect_one_line_error;
 using xcam::test::run_command;
 using xcam::test::source;
 using xcam::test::TempDir;
@@ -45,13 +46,6 @@ nlohmann::json results(const TempDir& tmp) {
   return nlohmann::json::parse(in);
 }
 
-// Non-zero exit and exactly one line that names `needle`.
-void expect_one_line_error(const xcam::test::CommandResult& r, const std::string& needle) {
-  EXPECT_NE(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("xcam: error: "), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find(needle), std::string::npos) << r.output;
-  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
-}
 
 TEST(Demo, PointingGameBeatsBaselineAndOutputsAreReal) {
   TempDir tmp("demo");

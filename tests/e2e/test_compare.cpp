@@ -17,6 +17,7 @@
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using xcam::test::expect_one_line_error;
 using xcam::test::run_command;
 using xcam::test::source;
 using xcam::test::TempDir;
@@ -259,13 +260,6 @@ TEST(Compare, TableIsSortedAndAgreesWithTheRecords) {
     EXPECT_GE(resorted["rows"][i - 1]["insertion"].get<double>(), resorted["rows"][i]["insertion"].get<double>());
 }
 
-// Non-zero exit and exactly one line that names `needle`.
-void expect_one_line_error(const xcam::test::CommandResult& r, const std::string& needle) {
-  EXPECT_NE(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("xcam: error: "), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find(needle), std::string::npos) << r.output;
-  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
-}
 
 TEST(Compare, BadSortKeyIsOneLineNamingTheChoices) {
   TempDir tmp("compare-bad");
