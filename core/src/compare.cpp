@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <iostream>
 #include <map>
 #include <sstream>
 
@@ -141,6 +142,30 @@ const std::vector<Column>& metric_columns() {
   return cols;
 }
 
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// A grid tile: the record's overlay PNG, else its .npy map rendered on the
+// image; empty when the record has neither.
+cv::Mat grid_tile(const std::string& dir, const std::string& overlay, const std::string& npy, const cv::Mat& rgb,
+                  const OutputOptions& out, Colormap cmap) {
+  cv::Mat tile;
+  if (!overlay.empty()) {
+    const std::string path = (fs::path(dir) / overlay).string();
+    const cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
+    XCAM_CHECK(!bgr.empty(), "overlay '{}' could not be read; re-run with --force to write it again", path);
+    cv::cvtColor(bgr, tile, cv::COLOR_BGR2RGB);
+  } else if (!npy.empty() && !rgb.empty()) {
+    const auto map = read_npy((fs::path(dir) / npy).string());
+    XCAM_CHECK(map.shape.size() == 2 && map.shape[0] == rgb.rows && map.shape[1] == rgb.cols && !map.f32.empty(),
+               "map '{}' is not a float32 {} x {} array (the image's size); re-run with --force", npy, rgb.rows,
+               rgb.cols);
+    tile = render_overlay(rgb, map.f32, out.alpha, cmap).overlay;
+  }
+  return tile;
+}
+
 }  // namespace
 
 std::string format_comparison(const std::vector<CompareRow>& rows, const std::string& sort_by) {
@@ -254,27 +279,16 @@ std::vector<std::string> write_grids(const std::string& dir, const std::vector<I
         if (it != here.end()) {
           const ItemRecord& r = *it->second;
           if (!have_score) score = r.score, have_score = true;
-          auto ends_with = [](const std::string& s, const std::string& tail) {
-            return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-          };
           std::string overlay, npy;
           for (const auto& o : r.outputs) {
             if (ends_with(o, ".png") && !ends_with(o, "_panel.png")) overlay = o;
             if (ends_with(o, ".npy")) npy = o;
           }
-          if (!overlay.empty()) {
-            const std::string path = (fs::path(dir) / overlay).string();
-            const cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
-            XCAM_CHECK(!bgr.empty(), "overlay '{}' could not be read for the comparison grid; re-run with --force",
-                       path);
-            cv::cvtColor(bgr, tile, cv::COLOR_BGR2RGB);
-          } else if (!npy.empty() && !rgb.empty()) {
-            const auto map = read_npy((fs::path(dir) / npy).string());
-            XCAM_CHECK(map.shape.size() == 2 && map.shape[0] == rgb.rows && map.shape[1] == rgb.cols &&
-                           !map.f32.empty(),
-                       "map '{}' is not a float32 {} x {} array (the image's size); re-run with --force", npy,
-                       rgb.rows, rgb.cols);
-            tile = render_overlay(rgb, map.f32, out.alpha, cmap).overlay;
+          try {
+            tile = grid_tile(dir, overlay, npy, rgb, out, cmap);
+          } catch (const Error& e) {  // one missing tile: shown as n/a, the grids go on
+            std::cerr << "xcam: warning: comparison grid of " << image << " [" << target << "]: " << e.what()
+                      << "\n";
           }
         }
         row.push_back(tile);

@@ -65,29 +65,6 @@ Rendered render_overlay(const cv::Mat& rgb, const std::vector<float>& map, float
   return r;
 }
 
-cv::Mat render_panel(const cv::Mat& rgb, const Rendered& r, const std::string& title) {
-  const int tile_h = std::max(224, rgb.rows);
-  const int tile_w = static_cast<int>(std::lround(static_cast<double>(rgb.cols) * tile_h / rgb.rows));
-  const int gap = 4, title_h = 34;
-  cv::Mat panel(title_h + tile_h, 3 * tile_w + 2 * gap, CV_8UC3, cv::Scalar(255, 255, 255));
-  const cv::Mat* tiles[3] = {&rgb, &r.heat, &r.overlay};
-  const char* captions[3] = {"image", "heatmap", "overlay"};
-  for (int i = 0; i < 3; ++i) {
-    cv::Mat roi = panel(cv::Rect(i * (tile_w + gap), title_h, tile_w, tile_h));
-    cv::resize(*tiles[i], roi, roi.size(), 0, 0, tiles[i] == &rgb ? cv::INTER_LINEAR : cv::INTER_NEAREST);
-    cv::putText(panel, captions[i], cv::Point(i * (tile_w + gap) + 4, title_h + tile_h - 6),
-                cv::FONT_HERSHEY_SIMPLEX, 0.45, cv::Scalar(255, 255, 255), 1, cv::LINE_AA);
-  }
-  double scale = 0.6;
-  int baseline = 0;
-  while (scale > 0.3 &&
-         cv::getTextSize(title, cv::FONT_HERSHEY_SIMPLEX, scale, 1, &baseline).width > panel.cols - 8)
-    scale -= 0.05;
-  cv::putText(panel, title, cv::Point(4, title_h - 11), cv::FONT_HERSHEY_SIMPLEX, scale, cv::Scalar(0, 0, 0), 1,
-              cv::LINE_AA);
-  return panel;
-}
-
 namespace {
 
 // The largest scale in [min_scale, scale] at which `text` fits in `width`.
@@ -104,6 +81,25 @@ int text_width(const std::string& text, double scale) {
 }
 
 }  // namespace
+
+cv::Mat render_panel(const cv::Mat& rgb, const Rendered& r, const std::string& title) {
+  const int tile_h = std::max(224, rgb.rows);
+  const int tile_w = static_cast<int>(std::lround(static_cast<double>(rgb.cols) * tile_h / rgb.rows));
+  const int gap = 4, title_h = 34;
+  cv::Mat panel(title_h + tile_h, 3 * tile_w + 2 * gap, CV_8UC3, cv::Scalar(255, 255, 255));
+  const cv::Mat* tiles[3] = {&rgb, &r.heat, &r.overlay};
+  const char* captions[3] = {"image", "heatmap", "overlay"};
+  for (int i = 0; i < 3; ++i) {
+    cv::Mat roi = panel(cv::Rect(i * (tile_w + gap), title_h, tile_w, tile_h));
+    cv::resize(*tiles[i], roi, roi.size(), 0, 0, tiles[i] == &rgb ? cv::INTER_LINEAR : cv::INTER_NEAREST);
+    cv::putText(panel, captions[i], cv::Point(i * (tile_w + gap) + 4, title_h + tile_h - 6),
+                cv::FONT_HERSHEY_SIMPLEX, 0.45, cv::Scalar(255, 255, 255), 1, cv::LINE_AA);
+  }
+  const double scale = fit_scale(title, panel.cols - 8, 0.6, 0.3);
+  cv::putText(panel, title, cv::Point(4, title_h - 11), cv::FONT_HERSHEY_SIMPLEX, scale, cv::Scalar(0, 0, 0), 1,
+              cv::LINE_AA);
+  return panel;
+}
 
 cv::Mat render_grid(const std::string& title, const std::vector<std::string>& col_headers,
                     const std::vector<std::string>& row_labels, const std::vector<std::vector<cv::Mat>>& tiles,
