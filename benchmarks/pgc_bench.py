@@ -21,6 +21,16 @@ import time
 
 import torch
 
+# pgc's Score-CAM and Ablation-CAM draw tqdm progress bars; keep the table readable.
+try:
+    import functools
+
+    import tqdm
+
+    tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
+except ImportError:
+    pass
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "zoo"))
 

@@ -208,6 +208,9 @@ int main(int argc, char** argv) {
   bool no_optimize = false;
   bench->add_flag("--no-optimize", no_optimize,
                   "Score-CAM's masked forwards on the model as loaded, not a frozen inference-optimised copy");
+  bool no_winograd = false;
+  bench->add_flag("--no-winograd", no_winograd,
+                  "In that copy, keep 3x3 convolutions on LibTorch's direct algorithm (no oneDNN Winograd)");
   bench->add_option("--batch", bbatch, "Batch size")->capture_default_str();
   bench->add_option("--size", bsize, "Input height and width")->expected(2)->capture_default_str();
   bench->add_option("--repeats", repeats, "Timed repeats")->capture_default_str();
@@ -324,6 +327,7 @@ int main(int argc, char** argv) {
     if (*bench) {
       xcam::set_threads(cb.threads);
       bo.optimize = !no_optimize;
+      bo.winograd = !no_winograd;
       bo.plugin = cb.plugin;
       bo.plugin_dirs = cb.plugin_dirs;
       bo.plugin_options = cb.plugin_options;

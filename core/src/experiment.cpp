@@ -97,8 +97,8 @@ ExperimentConfig load_experiment(const std::string& path) {
   if (!root.IsMap()) y.fail(root, "an experiment is a mapping with at least model, layers and inputs");
   y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
                                        "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
-                                       "threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "outputs",
-                                       "compare"});
+                                       "threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "winograd",
+                                       "outputs", "compare"});
   const std::string base = fs::path(path).parent_path().string();
   ExperimentConfig c;
   c.file = path;
@@ -136,6 +136,7 @@ ExperimentConfig load_experiment(const std::string& path) {
     e.score_chunk = y.as<int64_t>(root["perturb_chunk"], "perturb_chunk", "a positive integer");
     if (e.score_chunk < 1) y.fail(root["perturb_chunk"], "key 'perturb_chunk' must be at least 1");
   }
+  if (root["winograd"]) e.winograd = y.as<bool>(root["winograd"], "winograd", "true or false");
 
   if (const auto& layers = root["layers"]) {
     if (layers.IsScalar()) {

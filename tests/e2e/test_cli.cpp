@@ -140,6 +140,9 @@ TEST(BadInput, OneLineErrorsNamingTheInput) {
   std::ofstream(tmp / "chunk.yaml") << "model: m.pt\ninputs: " << source("zoo/data/shapes") << "\nperturb_chunk: 0\n";
   expect_one_line_error(run_command(xcam_cmd() + "run " + (tmp / "chunk.yaml")),
                         "chunk.yaml:3: key 'perturb_chunk' must be at least 1");
+  std::ofstream(tmp / "wino.yaml") << "model: m.pt\ninputs: " << source("zoo/data/shapes") << "\nwinograd: sometimes\n";
+  expect_one_line_error(run_command(xcam_cmd() + "run " + (tmp / "wino.yaml")),
+                        "wino.yaml:3: key 'winograd' must be true or false");
   expect_one_line_error(run_command(base + "--model " + model + " --method ablationcam --perturb-chunk 0 " + img),
                         "the perturbation chunk (--perturb-chunk, perturb_chunk) must be at least 1, got 0");
   // Output directory that cannot be created: under a regular file.

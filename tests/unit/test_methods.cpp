@@ -76,6 +76,18 @@ xcam::ExplainerOptions options(const ModelCase& c, const std::string& method) {
   return xcam::test::cnn_options(model_path(c), c.layer, c.size, method);
 }
 
+// One model case with the peer's input batch, targets and the map of golden `map`.
+struct PeerRun {
+  const ModelCase& m;
+  xcam::NpyArray input, targets, peer;
+  size_t hw;
+};
+PeerRun peer_run(const std::string& model, const std::string& map) {
+  const ModelCase& m = model_case(model);
+  return {m, golden(m.golden + "_input"), golden(m.golden + "_targets"), golden(map),
+          static_cast<size_t>(m.size * m.size)};
+}
+
 class Methods : public ::testing::TestWithParam<Case> {};
 
 TEST_P(Methods, MatchesPeerGoldens) {
@@ -136,6 +148,27 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Peer, Methods, ::testing::ValuesIn(all_cases()), case_name);
+
+// Score-CAM's masked forwards run on the model as loaded (optimize off), on
+// the frozen copy with oneDNN's direct convolutions (winograd off) or with its
+// Winograd ones (the default): every path matches the peer, and each other.
+TEST(ScoreCamForwardPaths, EveryPathMatchesThePeer) {
+  const auto [m, input, targets, peer, hw] = peer_run("shapes_traced_block3", "shapes_block3_scorecam_map");
+  std::vector<std::vector<xcam::MapResult>> runs;
+  for (const auto& [optimize, winograd] : {std::pair{true, true}, {true, false}, {false, false}}) {
+    auto o = options(m, "scorecam");
+    o.optimize = optimize;
+    o.winograd = winograd;
+    xcam::Explainer ex(o);
+    runs.push_back(xcam::test::explain_targets(ex, input, targets));
+    for (size_t b = 0; b < runs.back().size(); ++b)
+      EXPECT_LT(max_abs_diff(runs.back()[b].map, peer.f32, b * hw), 1e-3)
+          << "optimize " << optimize << " winograd " << winograd << " sample " << b;
+  }
+  for (size_t r = 1; r < runs.size(); ++r)
+    for (size_t b = 0; b < runs[0].size(); ++b)
+      EXPECT_LT(max_abs_diff(runs[r][b].map, runs[0][b].map, 0), 1e-5) << "path " << r << " sample " << b;
+}
 
 // Top-2 targets and two layers in one call, for every method: each layer's
 // low-resolution map of each rank equals a one-layer, one-target call's.
@@ -206,11 +239,7 @@ TEST(MethodsDegenerate, ConstantInputGivesFiniteMaps) {
 // -4.06) gives an all-zero map and a warning; sample 1 in the same batch
 // still matches the peer.
 TEST(MethodsDegenerate, AllNegativeSumIsReportedAndTheOtherIsIntact) {
-  const ModelCase& m = model_case("resnet18_traced");
-  const auto input = golden("resnet18_input");
-  const auto targets = golden("resnet18_targets");
-  const auto peer = golden("resnet18_layer4_map");
-  const size_t hw = static_cast<size_t>(m.size * m.size);
+  const auto [m, input, targets, peer, hw] = peer_run("resnet18_traced", "resnet18_layer4_map");
   xcam::Explainer ex(options(m, "gradcam"));
   const auto maps = ex.explain_preprocessed(input.f32, 2, {"neg", "ok"}, {{"698"}, {std::to_string(targets.i64[1])}});
   ASSERT_EQ(maps.size(), 2u);
