@@ -59,6 +59,8 @@ inline CommandResult run_command(const std::string& cmd) {
 }
 
 inline std::string xcam_binary() { return binary("core/xcam"); }
+// The binary followed by a space, to prefix a command line.
+inline std::string xcam_cmd() { return xcam_binary() + " "; }
 
 // An xcam run that failed: non-zero exit and exactly one line, an xcam error
 // that names `needle`.

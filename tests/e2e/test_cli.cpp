@@ -17,11 +17,10 @@ namespace fs = std::filesystem;
 using xcam::test::expect_one_line_error;
 using xcam::test::run_command;
 using xcam::test::source;
+using xcam::test::xcam_cmd;
 using xcam::test::TempDir;
 
 namespace {
-
-std::string xcam_cmd() { return xcam::test::xcam_binary() + " "; }
 
 // A copy of the demo config with absolute paths and the outputs in `out`.
 std::string demo_config(const TempDir& tmp, const std::string& images, const std::string& extra = "") {

@@ -20,11 +20,10 @@ using nlohmann::json;
 using xcam::test::expect_one_line_error;
 using xcam::test::run_command;
 using xcam::test::source;
+using xcam::test::xcam_cmd;
 using xcam::test::TempDir;
 
 namespace {
-
-std::string xcam_cmd() { return xcam::test::xcam_binary() + " "; }
 
 const std::vector<std::string> kMetrics{"pointing", "centre", "energy", "deletion", "insertion", "drop", "increase", "ms"};
 
