@@ -12,7 +12,9 @@
 #include <string>
 
 #include "../common.h"
+#include "explain_util.h"
 #include "onednn_convs.h"
+#include "xcam/explainer.h"
 
 namespace {
 
@@ -237,6 +239,23 @@ TEST(RewrittenModel, KernelsAndWeightsAreFreedWithTheModel) {
   const auto after = xcam::onednn::cache_stats();
   EXPECT_EQ(after.plans, before.plans);
   EXPECT_EQ(after.weight_bytes, before.weight_bytes);
+}
+
+TEST(RewrittenModel, AnExplainerFreesItsKernelsWhenDestroyed) {
+  if (!xcam::onednn::available()) GTEST_SKIP() << "built without oneDNN";
+  xcam::onednn::release_unused();
+  const auto before = xcam::onednn::cache_stats();
+  std::vector<float> image(3 * 128 * 128);
+  for (size_t i = 0; i < image.size(); ++i) image[i] = static_cast<float>((i * 7919) % 255) / 255.f - 0.5f;
+  {
+    xcam::Explainer ex(xcam::test::cnn_options(xcam::test::source("zoo/models/shapes_cnn_traced.pt"), "block4", 128,
+                                               "scorecam"));
+    const auto maps = ex.explain_preprocessed(image, 1, {"x"}, {{"top1"}});
+    ASSERT_EQ(maps.size(), 1u);
+    EXPECT_GT(xcam::onednn::cache_stats().plans, before.plans);  // the masked forwards ran on oneDNN
+  }
+  EXPECT_EQ(xcam::onednn::cache_stats().plans, before.plans);
+  EXPECT_EQ(xcam::onednn::cache_stats().weight_bytes, before.weight_bytes);
 }
 
 INSTANTIATE_TEST_SUITE_P(
