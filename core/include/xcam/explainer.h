@@ -35,7 +35,7 @@ struct ExplainerOptions {
   // docs/architecture.md). false: the model as loaded.
   bool optimize = true;
   // In that copy, 3x3 stride-1 convolutions run on oneDNN's Winograd
-  // algorithm (CPU with AVX-512): resnet18's Score-CAM 1.6x faster than with
+  // algorithm (CPU with AVX-512): resnet18's Score-CAM 1.5x faster than with
   // the direct algorithm, logits as close to float64 (~4e-7 relative).
   // Ignored when !optimize.
   bool winograd = true;
