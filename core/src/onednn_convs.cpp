@@ -88,6 +88,36 @@ void* scratch(int slot, const memory::desc& md) {
   return buf.data();
 }
 
+// `m` itself when it has the layout `want`, else its copy in scratch `slot`.
+memory in_layout(const memory& m, const memory::desc& want, int slot, dnnl::stream& stream) {
+  if (m.get_desc() == want) return m;
+  memory copy(want, cpu_engine(), scratch(slot, want));
+  dnnl::reorder(m, copy).execute(stream, const_cast<memory&>(m), copy);
+  return copy;
+}
+
+// Where a kernel writes `md` for the output `user`: `user` itself when the
+// layouts agree, else scratch `slot` (then copied out by to_user).
+memory staging(const memory& user, const memory::desc& md, int slot) {
+  return md == user.get_desc() ? user : memory(md, cpu_engine(), scratch(slot, md));
+}
+
+void to_user(memory& staged, memory& user, dnnl::stream& stream) {
+  if (staged.get_data_handle() != user.get_data_handle()) dnnl::reorder(staged, user).execute(stream, staged, user);
+}
+
+// A new output tensor of logical NCHW dims `d`, in the blocked layout or NCHW.
+at::Tensor empty_output(const Dims& d, bool blocked, const at::TensorOptions& options) {
+  if (blocked) return at::empty({d[0], d[1] / kBlock, d[2], d[3], kBlock}, options);
+  return at::empty(at::IntArrayRef(d.data(), d.size()), options);
+}
+
+// The user-managed scratchpad a primitive asks for, from scratch slot 2.
+void add_scratchpad(std::unordered_map<int, memory>& args, const dnnl::primitive_desc& pd) {
+  const memory::desc md = pd.scratchpad_desc();
+  if (md.get_size() > 0) args.emplace(DNNL_ARG_SCRATCHPAD, memory(md, cpu_engine(), scratch(2, md)));
+}
+
 // ------------------------------------------------------------------ plans ---
 
 struct ConvParams {
@@ -95,8 +125,6 @@ struct ConvParams {
   int64_t groups = 1;
   bool winograd = false, relu = false, residual = false, blocked_out = false;
   auto key() const { return std::make_tuple(stride, padding, dilation, groups, winograd, relu, residual, blocked_out); }
-  // Not part of the key: where the output goes does not change the kernel.
-  bool residual_inplace = false;
 };
 
 Dims weight_dims(const at::Tensor& w, int64_t groups) {
@@ -246,7 +274,6 @@ at::Tensor conv2d_onednn(const at::Tensor& input, const at::Tensor& weight, cons
   const at::Tensor residual = residual_opt.has_value() ? *residual_opt : at::Tensor();
   blocked_out = blocked_out && weight.size(0) % kBlock == 0;
   ConvParams p{stride.vec(), padding.vec(), dilation.vec(), groups, winograd, relu, residual.defined(), blocked_out};
-  p.residual_inplace = residual_inplace;
 
   const auto fallback = [&] {
     at::Tensor y = at::conv2d(to_nchw(input), weight, bias, stride, padding, dilation, groups);
@@ -269,26 +296,15 @@ at::Tensor conv2d_onednn(const at::Tensor& input, const at::Tensor& weight, cons
 
   const auto& engine = cpu_engine();
   dnnl::stream stream(engine);
-  memory src = wrap(x);
-  if (plan.pd.src_desc() != src.get_desc()) {
-    memory blocked(plan.pd.src_desc(), engine, scratch(0, plan.pd.src_desc()));
-    dnnl::reorder(src, blocked).execute(stream, src, blocked);
-    src = blocked;
-  }
+  const memory src = in_layout(wrap(x), plan.pd.src_desc(), 0, stream);
   // The output: the residual's own buffer when the graph allows it (its
   // other readers ran before) and it has the layout the kernel writes; else
   // a new tensor, written directly when the kernel writes its layout.
-  const Dims out_blocked{out_dims[0], out_dims[1] / kBlock, out_dims[2], out_dims[3], kBlock};
-  at::Tensor out;
-  if (residual.defined() && residual_inplace && residual.is_contiguous() && layout_desc(residual) == dst_md &&
-      residual.dim() == (blocked_out ? 5 : 4))
-    out = residual;
-  else
-    out = at::empty(blocked_out ? at::IntArrayRef(out_blocked.data(), out_blocked.size())
-                                : at::IntArrayRef(out_dims.data(), out_dims.size()),
-                    x.options());
+  const bool reuse = residual.defined() && residual_inplace && residual.is_contiguous() &&
+                     layout_desc(residual) == dst_md && residual.dim() == (blocked_out ? 5 : 4);
+  const at::Tensor out = reuse ? residual : empty_output(out_dims, blocked_out, x.options());
   memory user_dst = wrap(out);
-  memory dst = dst_md == user_dst.get_desc() ? user_dst : memory(dst_md, engine, scratch(1, dst_md));
+  memory dst = staging(user_dst, dst_md, 1);
   if (residual.defined() && !out.is_same(residual)) {  // the sum post-op adds the convolution onto what dst holds
     if (dst.get_data_handle() == out.data_ptr() && residual.sizes() == out.sizes()) {
       out.copy_(residual);  // same layout: a parallel copy
@@ -299,10 +315,9 @@ at::Tensor conv2d_onednn(const at::Tensor& input, const at::Tensor& weight, cons
   }
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, plan.weights}, {DNNL_ARG_DST, dst}};
   if (plan.bias.defined()) args.emplace(DNNL_ARG_BIAS, plan.bias_mem);
-  const memory::desc pad_md = plan.pd.scratchpad_desc();
-  if (pad_md.get_size() > 0) args.emplace(DNNL_ARG_SCRATCHPAD, memory(pad_md, engine, scratch(2, pad_md)));
+  add_scratchpad(args, plan.pd);
   plan.conv.execute(stream, args);
-  if (dst.get_data_handle() != user_dst.get_data_handle()) dnnl::reorder(dst, user_dst).execute(stream, dst, user_dst);
+  to_user(dst, user_dst, stream);
   stream.wait();
   return out;
 }
@@ -325,18 +340,10 @@ at::Tensor max_pool2d_onednn(const at::Tensor& input, at::IntArrayRef kernel, at
   const auto& engine = cpu_engine();
   dnnl::stream stream(engine);
   const at::Tensor x = input.contiguous();
-  memory src = wrap(x);
-  if (x.dim() == 4) {
-    memory blocked(src_md, engine, scratch(0, src_md));
-    dnnl::reorder(src, blocked).execute(stream, src, blocked);
-    src = blocked;
-  }
-  const Dims out_blocked{dst_dims[0], dst_dims[1] / kBlock, dst_dims[2], dst_dims[3], kBlock};
-  at::Tensor out = at::empty(blocked_out ? at::IntArrayRef(out_blocked.data(), out_blocked.size())
-                                         : at::IntArrayRef(dst_dims.data(), dst_dims.size()),
-                             x.options());
+  const memory src = in_layout(wrap(x), src_md, 0, stream);
+  const at::Tensor out = empty_output(dst_dims, blocked_out, x.options());
   memory user_dst = wrap(out);
-  memory dst = blocked_out ? user_dst : memory(dst_md, engine, scratch(1, dst_md));
+  memory dst = staging(user_dst, dst_md, 1);
   const Dims pad{padding[0], padding[1]};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -345,10 +352,9 @@ at::Tensor max_pool2d_onednn(const at::Tensor& input, at::IntArrayRef kernel, at
                                   {stride[0], stride[1]}, {kernel[0], kernel[1]}, pad, pad),
       attr, engine);
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
-  const memory::desc pad_md = pd.scratchpad_desc();
-  if (pad_md.get_size() > 0) args.emplace(DNNL_ARG_SCRATCHPAD, memory(pad_md, engine, scratch(2, pad_md)));
+  add_scratchpad(args, pd);
   dnnl::pooling_forward(pd).execute(stream, args);
-  if (!blocked_out) dnnl::reorder(dst, user_dst).execute(stream, dst, user_dst);
+  to_user(dst, user_dst, stream);
   stream.wait();
   return out;
 }
