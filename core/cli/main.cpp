@@ -1,4 +1,4 @@
-// The xcam command-line tool: explain, run, compare, layers, plugins, bench.
+// The xcam command-line tool: explain, run, compare, layers, plugins, bench, doctor.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -16,6 +16,7 @@
 #include "xcam/inspect.h"
 #include "xcam/plugin_loader.h"
 #include "xcam/render.h"
+#include "xcam/runtime_info.h"
 
 namespace fs = std::filesystem;
 
@@ -85,6 +86,11 @@ std::vector<std::string> split(const std::string& s, char sep) {
 void print_comparison(const xcam::RunSummary& summary, const std::string& sort_by, const std::string& dir) {
   std::cout << "\n" << xcam::format_comparison(xcam::compare_rows(summary.records, sort_by), sort_by);
   std::cout << fmt::format("table: {}/compare.csv, {}/compare.json\n", dir, dir);
+}
+
+// One line on stderr when LibTorch's matmuls would run on a slow BLAS.
+void warn_if_slow_blas() {
+  if (const auto w = xcam::blas_warning(xcam::blas_info())) std::cerr << "xcam: warning: " << *w << "\n";
 }
 
 double median(std::vector<double> v) {
@@ -184,6 +190,11 @@ int main(int argc, char** argv) {
   auto* layers = app.add_subcommand("layers", "List every tappable layer with its output shape");
   layers->add_option("model", layers_model, "TorchScript model file")->required();
   layers->add_option("--size", layers_size, "Sample input height and width")->expected(2)->capture_default_str();
+  std::string layers_ops;
+  layers->add_option("--ops", layers_ops,
+                     "List the ops inside this module's forward instead (tappable as MODULE/OP, MODULE/OP#J)");
+  layers->footer("Tap syntax (--layer, layers:): PATH, PATH@CALL, PATH[ELEMENT] (tuple outputs), PATH:in / :inK\n"
+                 "(module arguments), PATH/OP or PATH/OP#J (an op inside the module's forward); see docs/yaml.md.");
 
   // ---- plugins
   std::vector<std::string> scan_dirs;
@@ -217,7 +228,14 @@ int main(int argc, char** argv) {
   bench->add_option("--warmup", warmup, "Untimed warm-up runs")->capture_default_str();
   bench->add_flag("--json", as_json, "Print one JSON object on the last line");
 
+  // ---- doctor
+  int doctor_threads = 0;
+  auto* doctor = app.add_subcommand("doctor", "What LibTorch runs on here: version, threads, BLAS, oneDNN, CUDA");
+  doctor->add_option("--threads", doctor_threads, "Intra-op threads, as the other commands take it (0: all cores)")
+      ->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
+  if (*explain || *run || *compare || *bench) warn_if_slow_blas();
 
   try {
     if (*explain) {
@@ -303,13 +321,17 @@ int main(int argc, char** argv) {
       return summary.failed > 0 ? 1 : 0;
     }
     if (*layers) {
-      const auto list = xcam::list_layers(layers_model, layers_size[0], layers_size[1]);
-      size_t w = 4;
-      for (const auto& l : list) w = std::max(w, l.path.size());
-      std::cout << fmt::format("{:<{}}  {:<22}  {:>5}  {}\n", "path", w, "type", "calls", "output (1 x 3 x "
+      const auto list = layers_ops.empty() ? xcam::list_layers(layers_model, layers_size[0], layers_size[1])
+                                           : xcam::list_ops(layers_model, layers_ops, layers_size[0], layers_size[1]);
+      size_t w = 4, tw = 4;
+      for (const auto& l : list) {
+        w = std::max(w, l.path.size());
+        tw = std::max(tw, l.type.size());
+      }
+      std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", "path", w, "type", tw, "calls", "output (1 x 3 x "
                                + std::to_string(layers_size[0]) + " x " + std::to_string(layers_size[1]) + ")");
       for (const auto& l : list)
-        std::cout << fmt::format("{:<{}}  {:<22}  {:>5}  {}\n", l.path, w, l.type, l.calls, l.shape);
+        std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", l.path, w, l.type, tw, l.calls, l.shape);
       return 0;
     }
     if (*plugins) {
@@ -322,6 +344,13 @@ int main(int argc, char** argv) {
       for (const auto& p : found)
         std::cout << fmt::format("{:<10} {:<8} {}\n  {}\n", p.name, p.loaded ? "loaded" : "REFUSED",
                                  p.loaded ? p.version + "  " + p.reason : p.reason, p.file);
+      return 0;
+    }
+    if (*doctor) {
+      xcam::set_threads(doctor_threads);
+      const auto info = xcam::blas_info();
+      std::cout << xcam::torch_summary() << xcam::blas_line(info) << "\n";
+      if (const auto w = xcam::blas_warning(info)) std::cout << "warning: " << *w << "\n";
       return 0;
     }
     if (*bench) {
@@ -359,6 +388,7 @@ int main(int argc, char** argv) {
         std::cout << fmt::format("model {}  layer {}  method {}  batch {}  input {}x{}  threads {}  repeats {}\n",
                                  bo.model, fmt::join(ex.layers(), "+"), bo.method, bbatch, bsize[0], bsize[1],
                                  cb.threads, repeats);
+        std::cout << xcam::blas_line(xcam::blas_info()) << "\n";
         std::cout << fmt::format("forward only      {:9.2f} ms\n", mf);
         std::cout << fmt::format("explanation       {:9.2f} ms   ratio {:.3f}\n", mt, mt / mf);
         std::cout << fmt::format("  tapped forward  {:9.2f} ms\n  gradients       {:9.2f} ms\n  map kernels     {:9.2f} ms\n",

@@ -196,4 +196,32 @@ TEST(Cli, PluginsAndLayersListings) {
   EXPECT_NE(l.output.find("block4.0 "), std::string::npos);
 }
 
+TEST(Cli, LayersListsTupleElementsOpsAndRefusesTwoInputModels) {
+  const auto att = [](const std::string& f) { return xcam::test::models("attention/" + f); };
+  const auto l = run_command(xcam_cmd() + "layers --size 32 32 " + att("mha_scripted.pt"));
+  ASSERT_EQ(l.status, 0) << l.output;
+  EXPECT_NE(l.output.find("encoder.blocks.1.attn.attn           MultiheadAttention                   0  a tuple of 2:"),
+            std::string::npos)
+      << l.output;
+  EXPECT_NE(l.output.find("encoder.blocks.1.attn.attn[1]"), std::string::npos) << l.output;
+  EXPECT_NE(l.output.find("[1, 4, 17, 17]"), std::string::npos) << l.output;
+  // The ops inside a module, with their tap names and shapes; a scripted
+  // F.softmax is a function call, tappable by its name.
+  const auto o = run_command(xcam_cmd() + "layers " + att("vit_hf_scripted.pt") +
+                             " --size 32 32 --ops encoder.blocks.0.attn");
+  ASSERT_EQ(o.status, 0) << o.output;
+  for (const char* row : {"encoder.blocks.0.attn/softmax", "call __torch__.torch.nn.functional.softmax",
+                          "encoder.blocks.0.attn/matmul#1", "encoder.blocks.0.attn/dropout"})
+    EXPECT_NE(o.output.find(row), std::string::npos) << row << "\n" << o.output;
+  const auto b = run_command(xcam_cmd() + "layers " + att("branchy_scripted.pt") +
+                             " --size 32 32 --ops encoder.blocks.0.attn");
+  EXPECT_NE(b.output.find("encoder.blocks.0.attn/softmax      aten::softmax        1  not tappable: inside an if or a loop"),
+            std::string::npos)
+      << b.output;
+  expect_one_line_error(run_command(xcam_cmd() + "layers " + att("siamese_traced.pt")),
+                        "takes 2 inputs in forward(query, reference)");
+  expect_one_line_error(run_command(xcam_cmd() + "layers " + att("vit_timm_traced.pt") + " --ops encoder.blocks.9"),
+                        "module 'encoder.blocks.9' not found");
+}
+
 }  // namespace

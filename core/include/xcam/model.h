@@ -13,11 +13,22 @@
 
 namespace xcam {
 
-// "layer4", "layer4.1.conv2", "features.28", or "name@i" for the i-th call
-// (0-based) of a module that runs more than once; without @ the last call.
+// Where a tap reads a value (docs/architecture.md, "Tap syntax"):
+//   layer4, layer4.1.conv2       the module's output (the last call)
+//   enc@1                        the output of its 2nd call (0-based)
+//   attn[1]                      element 1 of the tuple the module returns
+//   blocks.3.attn:in, :in1       the module's 1st (2nd) argument
+//   blocks.3.attn/softmax        the value of the one aten::softmax op in the
+//   blocks.3.attn/softmax#1      module's own forward (the 2nd: #1)
+// The call index goes right after the path: enc@1[0], attn@0/softmax.
 struct TapPoint {
+  enum class Part { output, element, input, op };
   std::string path;
   int call = -1;  // -1: the last call
+  Part part = Part::output;
+  int index = 0;        // the tuple element or argument
+  std::string op;       // the op's name without namespace ("softmax"), for Part::op
+  int occurrence = -1;  // which of the module's ops of that name; -1: the only one
   std::string text;
 };
 TapPoint parse_tap(const std::string& text);
@@ -56,8 +67,10 @@ class TappedForward {
     c10::IValue output;
     std::vector<at::Tensor> taps;  // one per requested tap, in request order
   };
-  // Runs the model with grad mode on. The earliest tap is a fresh leaf that
-  // requires grad; later taps and the output are differentiable w.r.t. it.
+  // Runs the model with grad mode on. Each tap that no earlier tap leads to
+  // is a fresh leaf that requires grad (on one chain: the earliest; parallel
+  // branches: one each); later taps and the output are differentiable w.r.t.
+  // them.
   // With record_grad=false nothing is recorded (forward-only timing, listing).
   Result run(const std::vector<c10::IValue>& inputs, bool record_grad = true);
 
@@ -69,6 +82,8 @@ class TappedForward {
   c10::IValue run_replacing(const std::vector<c10::IValue>& inputs, size_t tap, const at::Tensor& value);
 
   const std::vector<TapPoint>& taps() const;
+  // Per request: whether that tap is an autograd leaf of its own.
+  std::vector<bool> leaves() const;
   std::string graph_text() const;
 
  private:
