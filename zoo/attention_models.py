@@ -21,6 +21,11 @@ module), and written as float32 .npy:
   <model>_probs<b>.npy    block b's attention probabilities, B x heads x 17 x 17
   <model>_grad<b>.npy     d(sum_b logit[b, 3]) / d probabilities of block b
   siamese_grad_q.npy, siamese_grad_r.npy   d(sum cosine) / d enc output, per branch
+  <model>_attention1.npy  block 1's attention, heads averaged, the CLS row: B x 17
+  <model>_rollout.npy     attention rollout (heads averaged, nothing discarded), CLS row
+  <model>_rollout_max_d0.5.npy   rollout with max fusion, the lowest half discarded
+  <model>_relevancy.npy   gradient-weighted relevancy for logit 3, CLS row
+(rollout and relevancy as SPEC section 6 states them, in numpy float64.)
 
 usage: python3 zoo/attention_models.py --out DIR [--force]
 """
@@ -208,6 +213,44 @@ def ref_encoder(kind, sd, x, keep, prefix=""):
     return ln(t, "norm")
 
 
+def fuse(p, fusion):
+    return {"mean": p.mean(1), "max": p.max(1), "min": p.min(1)}[fusion]
+
+
+def rollout_ref(probs, fusion="mean", discard=0.0, query=0):
+    B, _, N, _ = probs[0].shape
+    R = np.broadcast_to(np.eye(N), (B, N, N))
+    for p in probs:
+        f = fuse(p, fusion).copy()
+        if discard > 0:
+            keep = np.zeros((N, N), bool)
+            keep[query, :] = keep[:, query] = True
+            candidates = np.flatnonzero(~keep.ravel())
+            k = min(int(N * N * discard), candidates.size)
+            for b in range(B):
+                flat = f[b].reshape(-1)
+                flat[candidates[np.argsort(flat[candidates], kind="stable")[:k]]] = 0.0
+        a = 0.5 * f + 0.5 * np.eye(N)
+        a = a / a.sum(-1, keepdims=True)
+        R = a @ R
+    return R[:, query, :]
+
+
+def relevancy_ref(probs, grads, query=0):
+    B, _, N, _ = probs[0].shape
+    R = np.broadcast_to(np.eye(N), (B, N, N)).copy()
+    for p, g in zip(probs, grads):
+        R = R + np.clip(g * p, 0, None).mean(1) @ R
+    return R[:, query, :]
+
+
+def save_attention_references(out, kind, probs, grads):
+    save(os.path.join(out, f"{kind}_attention1.npy"), torch.from_numpy(probs[1].mean(1)[:, 0, :]))
+    save(os.path.join(out, f"{kind}_rollout.npy"), torch.from_numpy(rollout_ref(probs)))
+    save(os.path.join(out, f"{kind}_rollout_max_d0.5.npy"), torch.from_numpy(rollout_ref(probs, "max", 0.5)))
+    save(os.path.join(out, f"{kind}_relevancy.npy"), torch.from_numpy(relevancy_ref(probs, grads)))
+
+
 def double_state(model):
     return {k: v.detach().double().requires_grad_(False) for k, v in model.state_dict().items()}
 
@@ -244,6 +287,7 @@ def export_vit(kind, out, x, force):
     for b, probs in enumerate(keep):
         save(os.path.join(out, f"{kind}_probs{b}.npy"), probs)
         save(os.path.join(out, f"{kind}_grad{b}.npy"), probs.grad)
+    save_attention_references(out, kind, [p.detach().numpy() for p in keep], [p.grad.numpy() for p in keep])
 
 
 def export_siamese(out, q, r, force):

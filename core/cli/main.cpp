@@ -29,6 +29,10 @@ struct Common {
   int threads = 0;
 };
 
+// A repeatable option that takes one value each time, so that the inputs
+// after `--layer block4` stay inputs.
+void one_each(CLI::Option* opt) { opt->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->expected(1)->allow_extra_args(false); }
+
 void add_common(CLI::App* cmd, Common& c) {
   cmd->add_option("--plugin", c.plugin, "Architecture plugin: a name (cnn) or a path to its .so")->capture_default_str();
   cmd->add_option("--plugin-dir", c.plugin_dirs, "Directory searched for plugins before XCAM_PLUGIN_PATH");
@@ -42,6 +46,7 @@ struct ModelFlags {
   xcam::ExplainerOptions eo;
   std::vector<int64_t> size;
   std::vector<float> mean, stdv;
+  std::vector<int64_t> patch;
 
   void add(CLI::App* cmd, bool model_required) {
     auto* m = cmd->add_option("--model", eo.model, "TorchScript model file");
@@ -57,6 +62,22 @@ struct ModelFlags {
                     "Score-CAM / Ablation-CAM: perturbed inputs per forward")->capture_default_str();
     cmd->add_flag("--eigen-smooth", eo.eigen_smooth,
                   "First principal component of the weighted activations, not their sum");
+    auto& a = eo.attention;
+    cmd->add_option("--patch", patch, "Attention methods: the model's patch size, P or PH PW (tokens lie on the "
+                                      "H/PH x W/PW grid)")
+        ->expected(1, 2);
+    cmd->add_option("--prefix-tokens", a.prefix, "Attention methods: tokens before the patch grid (CLS, ...)")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--query-token", a.query, "Attention methods: the token whose attention row is the map")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--head-fusion", a.head_fusion, "Attention methods: heads fused by mean, max or min")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"mean", "max", "min"}));
+    cmd->add_option("--discard-ratio", a.discard_ratio, "Rollout: fraction of the lowest attention entries dropped")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 0.999999));
   }
 
   xcam::ExplainerOptions options() const {
@@ -70,6 +91,11 @@ struct ModelFlags {
     }
     if (!mean.empty()) o.mean = std::array<float, 3>{mean[0], mean[1], mean[2]};
     if (!stdv.empty()) o.std = std::array<float, 3>{stdv[0], stdv[1], stdv[2]};
+    if (!patch.empty()) {
+      XCAM_CHECK(patch.front() > 0 && patch.back() > 0, "--patch must be positive, got {}", fmt::join(patch, " "));
+      o.attention.patch_h = patch.front();
+      o.attention.patch_w = patch.back();
+    }
     return o;
   }
 };
@@ -119,10 +145,16 @@ int main(int argc, char** argv) {
                                "  <image stem>_<target>.npy  float32 map at image resolution, in [0, 1]\n"
                                "  <image stem>_<target>.png  overlay (colormap blended with the image)\n"
                                "  <image stem>_<target>_panel.png  with --panel: image | heatmap | overlay\n"
-                               "  results.json, results.csv  one row per map: score, timings, metrics\n"
-                               "<target> is the class name (from --labels) or the class index.");
+                               "  results.json, results.csv  one row per map: score, timings, metrics (merged\n"
+                               "                             with the rows of earlier runs in DIR)\n"
+                               "<target> is the class name (from --labels) or the class index; _r<rank> is\n"
+                               "added where two targets share one, and parent folders to the stem where two\n"
+                               "inputs share one. A re-run resumes only inputs explained with the same\n"
+                               "model, layers, method, targets, size and outputs (docs/yaml.md).");
   fe.add(explain, true);
-  explain->add_option("--layer", fe.eo.layers, "Layer to tap (dotted path, name@i for the i-th call); repeat to aggregate");
+  one_each(explain->add_option("--layer", fe.eo.layers,
+                               "Layer to tap (a tap: layer4, enc@1, attn[1], attn:in, attn/softmax; docs/yaml.md); "
+                               "repeat to aggregate"));
   explain->add_option("--method", fe.eo.method, "Method: " + fmt::format("{}", fmt::join(xcam::available_methods(), ", ")))->capture_default_str();
   explain->add_option("--target", target, "top1 | topK | class index | class name (comma-separated for several)")->capture_default_str();
   explain->add_option("--batch", batch, "Images per forward")->capture_default_str();
@@ -143,7 +175,7 @@ int main(int argc, char** argv) {
   // ---- compare
   ModelFlags fc;
   std::vector<std::string> cmp_args, cmp_layers;
-  std::string cmp_methods = fmt::format("{}", fmt::join(xcam::available_methods(), ","));
+  std::string cmp_methods = fmt::format("{}", fmt::join(xcam::cam_methods(), ","));
   std::string cmp_target = "top1", cmp_boxes, cmp_sort;
   xcam::OutputOptions cmp_out;
   xcam::CompareOptions cmp_opt;
@@ -171,7 +203,7 @@ int main(int argc, char** argv) {
   // The flag form's options (refused with a YAML file, which has its own).
   fc.add(compare, false);
   compare->add_option("--methods", cmp_methods, "Methods, comma-separated")->capture_default_str();
-  compare->add_option("--layer", cmp_layers, "A layer set (repeat for several; 'a+b' aggregates a and b)");
+  one_each(compare->add_option("--layer", cmp_layers, "A layer set (repeat for several; 'a+b' aggregates a and b)"));
   compare->add_option("--target", cmp_target, "top1 | topK | class index | class name | annotated (comma-separated)")
       ->capture_default_str();
   compare->add_option("--batch", cmp_batch, "Images per forward")->capture_default_str();
@@ -210,7 +242,7 @@ int main(int argc, char** argv) {
   auto* bench = app.add_subcommand("bench", "Time forward-only vs explanation (medians over repeats)");
   bench->add_option("--model", bo.model, "TorchScript model file")->required();
   add_common(bench, cb);
-  bench->add_option("--layer", bo.layers, "Layer to tap");
+  one_each(bench->add_option("--layer", bo.layers, "Layer to tap (repeat for several)"));
   bench->add_option("--method", bo.method, "Method")->capture_default_str();
   bench->add_flag("--aug-smooth", bo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
   bench->add_flag("--eigen-smooth", bo.eigen_smooth, "First principal component of the weighted activations, not their sum");
@@ -250,6 +282,7 @@ int main(int argc, char** argv) {
       xcam::RunSummary summary;
       xcam::explain_and_write(ex, images, std::max(1, batch), eo.targets, boxes_file.empty() ? nullptr : &boxes, out,
                               records, summary, {}, "explain");
+      xcam::write_results(out.dir, records);
       xcam::print_summary(summary);
       return summary.failed > 0 ? 1 : 0;
     }

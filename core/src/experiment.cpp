@@ -78,6 +78,61 @@ struct Yaml {
   }
 };
 
+// A YAML value as JSON with its type: plain scalars that read as a boolean,
+// an integer, a number or null become one (YAML 1.2's core schema); quoted
+// ones stay strings; sequences and mappings recursively.
+json yaml_to_json(const YAML::Node& n) {
+  if (n.IsSequence()) {
+    json a = json::array();
+    for (const auto& item : n) a.push_back(yaml_to_json(item));
+    return a;
+  }
+  if (n.IsMap()) {
+    json o = json::object();
+    for (const auto& kv : n) o[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+    return o;
+  }
+  if (!n.IsScalar() || n.IsNull()) return nullptr;
+  const std::string v = n.Scalar();
+  if (n.Tag() == "!") return v;  // quoted
+  if (v == "true" || v == "True" || v == "TRUE") return true;
+  if (v == "false" || v == "False" || v == "FALSE") return false;
+  if (v == "~" || v == "null" || v == "Null" || v == "NULL") return nullptr;
+  try {
+    size_t used = 0;
+    const long long i = std::stoll(v, &used);
+    if (used == v.size()) return i;
+    const double d = std::stod(v, &used);
+    if (used == v.size()) return d;
+  } catch (const std::exception&) {
+  }
+  return v;
+}
+
+// The `attention:` block: how attention methods read tokens.
+void load_attention(const Yaml& y, const YAML::Node& at, AttentionOptions& o) {
+  if (!at.IsMap()) y.fail(at, "key 'attention' must be a mapping (patch, prefix, query, head_fusion, discard_ratio)");
+  y.only_keys(at, "attention", {"patch", "prefix", "query", "head_fusion", "discard_ratio"});
+  if (const auto& p = at["patch"]) {
+    if (p.IsSequence() && p.size() == 2) {
+      o.patch_h = y.as<int64_t>(p[0], "patch", "an integer");
+      o.patch_w = y.as<int64_t>(p[1], "patch", "an integer");
+    } else {
+      o.patch_h = o.patch_w = y.as<int64_t>(p, "patch", "an integer or [height, width]");
+    }
+    if (o.patch_h < 1 || o.patch_w < 1) y.fail(p, "key 'patch' must be positive");
+  }
+  if (at["prefix"]) o.prefix = y.as<int64_t>(at["prefix"], "prefix", "an integer");
+  if (o.prefix < 0) y.fail(at["prefix"], "key 'prefix' must be at least 0");
+  if (at["query"]) o.query = y.as<int64_t>(at["query"], "query", "an integer");
+  if (o.query < 0) y.fail(at["query"], "key 'query' must be at least 0");
+  if (at["head_fusion"]) o.head_fusion = y.as<std::string>(at["head_fusion"], "head_fusion", "mean, max or min");
+  if (o.head_fusion != "mean" && o.head_fusion != "max" && o.head_fusion != "min")
+    y.fail(at["head_fusion"], "key 'head_fusion' must be mean, max or min");
+  if (at["discard_ratio"]) o.discard_ratio = y.as<double>(at["discard_ratio"], "discard_ratio", "a number in [0, 1)");
+  if (!(o.discard_ratio >= 0 && o.discard_ratio < 1)) y.fail(at["discard_ratio"], "key 'discard_ratio' must be in [0, 1)");
+}
+
 std::string resolve(const std::string& base, const std::string& p) {
   if (p.empty() || fs::path(p).is_absolute()) return p;
   return (fs::path(base) / p).lexically_normal().string();
@@ -98,7 +153,7 @@ ExperimentConfig load_experiment(const std::string& path) {
   y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
                                        "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
                                        "threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "winograd",
-                                       "outputs", "compare"});
+                                       "attention", "outputs", "compare"});
   const std::string base = fs::path(path).parent_path().string();
   ExperimentConfig c;
   c.file = path;
@@ -113,9 +168,7 @@ ExperimentConfig load_experiment(const std::string& path) {
   if (root["plugin_options"]) {
     const auto& po = root["plugin_options"];
     if (!po.IsMap()) y.fail(po, "key 'plugin_options' must be a mapping");
-    json j = json::object();
-    for (const auto& kv : po) j[kv.first.as<std::string>()] = kv.second.as<std::string>();
-    e.plugin_options = j.dump();
+    e.plugin_options = yaml_to_json(po).dump();
   }
   if (root["labels"]) e.labels_file = resolve(base, y.as<std::string>(root["labels"], "labels", "a file path"));
   if (const auto& pre = root["preprocess"]) {
@@ -137,6 +190,7 @@ ExperimentConfig load_experiment(const std::string& path) {
     if (e.score_chunk < 1) y.fail(root["perturb_chunk"], "key 'perturb_chunk' must be at least 1");
   }
   if (root["winograd"]) e.winograd = y.as<bool>(root["winograd"], "winograd", "true or false");
+  if (const auto& at = root["attention"]) load_attention(y, at, e.attention);
 
   if (const auto& layers = root["layers"]) {
     if (layers.IsScalar()) {
@@ -285,309 +339,6 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& patterns,
   }
   XCAM_CHECK(!out.empty(), "no input image found in {}", fmt::join(patterns, ", "));
   return out;
-}
-
-// -------------------------------------------------------------- records ----
-
-namespace {
-
-json to_json(const ItemRecord& r) {
-  json j{{"image", r.image},   {"method", r.method},       {"layers", r.layers},
-         {"target", r.target}, {"target_index", r.target_index}, {"rank", r.rank},
-         {"score", r.score},   {"status", r.status},       {"forward_ms", r.forward_ms},
-         {"backward_ms", r.backward_ms}, {"cam_ms", r.cam_ms}, {"outputs", r.outputs},
-         {"warnings", r.warnings}};
-  j["pointing_hit"] = r.pointing_hit ? json(*r.pointing_hit) : json(nullptr);
-  j["centre_hit"] = r.centre_hit ? json(*r.centre_hit) : json(nullptr);
-  j["energy"] = r.energy ? json(*r.energy) : json(nullptr);
-  j["deletion"] = r.deletion ? json(*r.deletion) : json(nullptr);
-  j["insertion"] = r.insertion ? json(*r.insertion) : json(nullptr);
-  j["drop"] = r.drop ? json(*r.drop) : json(nullptr);
-  j["increase"] = r.increase ? json(*r.increase) : json(nullptr);
-  return j;
-}
-
-ItemRecord from_json(const json& j) {
-  ItemRecord r;
-  r.image = j.at("image");
-  r.method = j.at("method");
-  r.layers = j.at("layers");
-  r.target = j.at("target");
-  r.target_index = j.at("target_index");
-  r.rank = j.at("rank");
-  r.score = j.at("score");
-  r.status = j.at("status");
-  r.forward_ms = j.at("forward_ms");
-  r.backward_ms = j.at("backward_ms");
-  r.cam_ms = j.at("cam_ms");
-  r.outputs = j.at("outputs").get<std::vector<std::string>>();
-  r.warnings = j.at("warnings").get<std::vector<std::string>>();
-  if (!j.at("pointing_hit").is_null()) r.pointing_hit = j.at("pointing_hit").get<bool>();
-  if (!j.at("centre_hit").is_null()) r.centre_hit = j.at("centre_hit").get<bool>();
-  if (!j.at("energy").is_null()) r.energy = j.at("energy").get<double>();
-  // Records written without the faithfulness metrics have no such keys.
-  auto number = [&](const char* key) {
-    return j.contains(key) && !j[key].is_null() ? std::optional<double>(j[key].get<double>()) : std::nullopt;
-  };
-  r.deletion = number("deletion");
-  r.insertion = number("insertion");
-  r.drop = number("drop");
-  if (j.contains("increase") && !j["increase"].is_null()) r.increase = j["increase"].get<bool>();
-  return r;
-}
-
-void write_results(const std::string& dir, const std::vector<ItemRecord>& records) {
-  json all = json::array();
-  std::ostringstream csv;
-  csv << "image,method,layers,target,target_index,rank,score,forward_ms,backward_ms,cam_ms,pointing_hit,"
-         "centre_hit,energy,deletion,insertion,drop,increase,warnings\n";
-  auto opt_bool = [](const std::optional<bool>& b) { return b ? std::string(*b ? "1" : "0") : std::string(); };
-  auto opt_num = [](const std::optional<double>& v) { return v ? fmt::format("{:.6f}", *v) : std::string(); };
-  for (const auto& r : records) {
-    all.push_back(to_json(r));
-    csv << csv_field(r.image) << ',' << r.method << ',' << csv_field(r.layers) << ',' << csv_field(r.target) << ','
-        << r.target_index << ',' << r.rank << ',' << r.score << ',' << r.forward_ms << ',' << r.backward_ms << ','
-        << r.cam_ms << ',' << opt_bool(r.pointing_hit) << ',' << opt_bool(r.centre_hit) << ','
-        << opt_num(r.energy) << ',' << opt_num(r.deletion) << ',' << opt_num(r.insertion) << ','
-        << opt_num(r.drop) << ',' << opt_bool(r.increase) << ',' << csv_field(fmt::format("{}", fmt::join(r.warnings, "; ")))
-        << '\n';
-  }
-  write_file_atomic((fs::path(dir) / "results.json").string(), all.dump(2) + "\n");
-  write_file_atomic((fs::path(dir) / "results.csv").string(), csv.str());
-}
-
-// The method as results and output directories name it: smoothing options
-// are part of it, so a re-run with other options never resumes from these.
-std::string method_label(const ExplainerOptions& o) {
-  return o.method + (o.aug_smooth ? "+aug" : "") + (o.eigen_smooth ? "+eigen" : "");
-}
-
-void add_pointing(RunSummary& s, const std::string& key, const ItemRecord& r) {
-  if (!r.pointing_hit) return;
-  auto& [maps, centre] = s.pointing[key];
-  maps.add(r.target, *r.pointing_hit);
-  centre.add(r.target, r.centre_hit.value_or(false));
-}
-
-}  // namespace
-
-std::string safe_name(const std::string& s) {
-  std::string out;
-  for (char ch : s) out += (std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '.') ? ch : '_';
-  return out.empty() ? "_" : out;
-}
-
-// ------------------------------------------------------- explain + write ----
-
-void explain_and_write(Explainer& ex, const std::vector<std::string>& images, int batch_size,
-                       const std::vector<std::string>& targets,
-                       const std::map<std::string, std::vector<Box>>* boxes, const OutputOptions& out,
-                       std::vector<ItemRecord>& records, RunSummary& summary, const RunOptions& opt,
-                       const std::string& progress_label) {
-  const Colormap cmap = parse_colormap(out.colormap);
-  const std::string layers = fmt::format("{}", fmt::join(ex.layers(), "+"));
-  const fs::path item_dir = fs::path(out.dir) / ".items";
-  const bool annotated = std::find(targets.begin(), targets.end(), "annotated") != targets.end();
-  const bool tty = opt.progress && ::isatty(STDERR_FILENO);
-  size_t finished = 0;
-
-  auto progress = [&] {
-    if (tty)
-      std::cerr << fmt::format("\r{}{} / {} images", progress_label.empty() ? "" : progress_label + ": ", finished,
-                               images.size())
-                << std::flush;
-  };
-
-  // Resume: an image whose record file exists (written last, atomically) and
-  // whose outputs all exist is finished; with the faithfulness metrics on,
-  // its records must carry them too.
-  std::vector<std::string> pending;
-  for (const auto& img : images) {
-    const fs::path rec = item_dir / (fs::path(img).filename().string() + ".json");
-    bool done = false;
-    if (!opt.force && fs::exists(rec)) {
-      try {
-        std::ifstream in(rec);
-        const json j = json::parse(in);
-        std::vector<ItemRecord> rs;
-        for (const auto& item : j) rs.push_back(from_json(item));
-        done = std::all_of(rs.begin(), rs.end(), [&](const ItemRecord& r) {
-          return (!out.faithfulness || (r.deletion && r.insertion && r.drop && r.increase)) &&
-                 std::all_of(r.outputs.begin(), r.outputs.end(),
-                             [&](const std::string& o) { return fs::exists(fs::path(out.dir) / o); });
-        });
-        if (done) {
-          for (auto& r : rs) {
-            add_pointing(summary, r.method + " " + r.layers, r);
-            records.push_back(std::move(r));
-          }
-          ++summary.skipped;
-          ++finished;
-        }
-      } catch (const std::exception&) {
-        done = false;  // a damaged record: redo the image
-      }
-    }
-    if (!done) pending.push_back(img);
-  }
-  progress();
-
-  auto fail = [&](const std::string& img, const std::string& why) {
-    ++summary.failed;
-    summary.failures.push_back(fmt::format("{}: {}", img, why));
-    if (tty) std::cerr << "\n";
-    std::cerr << "xcam: skipped " << img << ": " << why << "\n";
-  };
-
-  for (size_t start = 0; start < pending.size(); start += static_cast<size_t>(batch_size)) {
-    const size_t end = std::min(pending.size(), start + static_cast<size_t>(batch_size));
-    std::vector<cv::Mat> rgbs;
-    std::vector<std::string> paths, ids;
-    std::vector<std::vector<std::string>> requests;
-    for (size_t i = start; i < end; ++i) {
-      const std::string& img = pending[i];
-      try {
-        std::vector<std::string> req = targets;
-        if (annotated) {
-          const auto name = fs::path(img).filename().string();
-          const auto it = boxes ? boxes->find(name) : std::map<std::string, std::vector<Box>>::const_iterator{};
-          XCAM_CHECK(boxes && it != boxes->end() && !it->second.empty(),
-                     "targets: annotated, but the boxes file has no box for '{}'", name);
-          req.clear();
-          for (const auto& b : it->second)
-            if (std::find(req.begin(), req.end(), b.label) == req.end()) req.push_back(b.label);
-        }
-        rgbs.push_back(load_rgb(img));
-        paths.push_back(img);
-        ids.push_back(fs::path(img).stem().string());
-        requests.push_back(std::move(req));
-      } catch (const Error& e) {
-        fail(img, e.what());
-        ++finished;
-      }
-    }
-    if (rgbs.empty()) continue;
-    if (opt.warmup && start == 0) {
-      // Untimed, twice: the first calls pay for one-off set-up (thread pools,
-      // allocator, the TorchScript executor's profiling run and the
-      // optimisation after it). Errors show up again in the timed call below.
-      try {
-        for (int w = 0; w < 2; ++w) ex.explain(rgbs, ids, requests);
-      } catch (const std::exception&) {
-      }
-    }
-
-    // One batch; if it fails as a whole, retry its images one by one so a
-    // single bad item is reported and skipped and the others complete.
-    std::vector<std::vector<size_t>> groups{{}};
-    for (size_t i = 0; i < rgbs.size(); ++i) groups[0].push_back(i);
-    for (size_t gi = 0; gi < groups.size(); ++gi) {
-      const auto group = groups[gi];
-      std::vector<cv::Mat> g_rgb;
-      std::vector<std::string> g_ids;
-      std::vector<std::vector<std::string>> g_req;
-      for (size_t i : group) {
-        g_rgb.push_back(rgbs[i]);
-        g_ids.push_back(ids[i]);
-        g_req.push_back(requests[i]);
-      }
-      std::vector<MapResult> maps;
-      std::vector<Faithfulness> faith;
-      StageTimes t;
-      try {
-        maps = ex.explain(g_rgb, g_ids, g_req, &t);
-        // The metric forwards are not part of the explanation's timings.
-        if (out.faithfulness) faith = ex.faithfulness(g_rgb, g_ids, maps, *out.faithfulness);
-      } catch (const std::exception& e) {
-        if (group.size() > 1) {
-          for (size_t i : group) groups.push_back({i});
-        } else {
-          fail(paths[group[0]], e.what());
-          ++finished;
-        }
-        continue;
-      }
-      const double n = static_cast<double>(group.size());
-      for (size_t i : group) {
-        std::vector<ItemRecord> item_records;
-        try {
-          for (size_t mi = 0; mi < maps.size(); ++mi) {
-            const MapResult& m = maps[mi];
-            if (m.image_id != ids[i]) continue;
-            ItemRecord r;
-            r.image = fs::path(paths[i]).filename().string();
-            r.method = method_label(ex.options());
-            r.layers = layers;
-            r.target = m.target_label;
-            r.target_index = m.target_index;
-            r.rank = m.rank;
-            r.score = m.score;
-            r.forward_ms = t.forward_ms / n;
-            r.backward_ms = t.backward_ms / n;
-            r.cam_ms = t.cam_ms / n;
-            r.warnings = m.warnings;
-            if (!faith.empty()) {
-              r.deletion = faith[mi].deletion;
-              r.insertion = faith[mi].insertion;
-              r.drop = faith[mi].drop;
-              r.increase = faith[mi].increase;
-            }
-            for (const auto& w : m.warnings) std::cerr << "xcam: warning: " << paths[i] << " [" << m.target_label << "]: " << w << "\n";
-            const auto full = map_at_image_size(m.map, m.height, m.width, rgbs[i]);
-            const std::string stem = ids[i] + "_" + safe_name(m.target_label);
-            if (out.save_map) {
-              write_npy((fs::path(out.dir) / (stem + ".npy")).string(), {rgbs[i].rows, rgbs[i].cols}, full.data());
-              r.outputs.push_back(stem + ".npy");
-            }
-            if (out.save_overlay || out.save_panel) {
-              const auto rendered = render_overlay(rgbs[i], full, out.alpha, cmap);
-              if (out.save_overlay) {
-                write_png((fs::path(out.dir) / (stem + ".png")).string(), rendered.overlay);
-                r.outputs.push_back(stem + ".png");
-              }
-              if (out.save_panel) {
-                const std::string title = fmt::format("{} | {} @ {} | {} p={:.3f}", r.image, r.method, layers,
-                                                      m.target_label, m.score);
-                write_png((fs::path(out.dir) / (stem + "_panel.png")).string(), render_panel(rgbs[i], rendered, title));
-                r.outputs.push_back(stem + "_panel.png");
-              }
-            }
-            if (boxes) {
-              const auto it = boxes->find(r.image);
-              if (it != boxes->end()) {
-                std::vector<Box> cls;
-                for (const auto& b : it->second)
-                  if (b.label == m.target_label) cls.push_back(b);
-                if (!cls.empty()) {
-                  const auto pg = pointing_game(full.data(), rgbs[i].rows, rgbs[i].cols, cls);
-                  r.pointing_hit = pg.hit;
-                  r.energy = pg.energy;
-                  r.centre_hit = centre_point_hit(rgbs[i].rows, rgbs[i].cols, cls);
-                }
-              }
-            }
-            item_records.push_back(std::move(r));
-          }
-          json j = json::array();
-          for (const auto& r : item_records) j.push_back(to_json(r));
-          write_file_atomic((item_dir / (fs::path(paths[i]).filename().string() + ".json")).string(), j.dump(1));
-        } catch (const Error& e) {
-          fail(paths[i], e.what());
-          ++finished;
-          progress();
-          continue;
-        }
-        for (auto& r : item_records) {
-          add_pointing(summary, r.method + " " + r.layers, r);
-          records.push_back(std::move(r));
-        }
-        ++summary.done;
-        ++finished;
-        progress();
-      }
-    }
-  }
-  if (tty) std::cerr << "\n";
 }
 
 RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {

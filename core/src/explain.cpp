@@ -96,6 +96,16 @@ const std::vector<std::string>& available_methods() {
   return names;
 }
 
+const std::vector<std::string>& cam_methods() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n;
+    for (const auto& m : methods::all())
+      if (m.kind == methods::Kind::channel || m.kind == methods::Kind::perturbation) n.push_back(m.name);
+    return n;
+  }();
+  return names;
+}
+
 void set_threads(int threads) {
   const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(n);
@@ -135,6 +145,14 @@ struct Explainer::Impl {
   // chunks; w_k = (y - y_k) / y.
   at::Tensor ablationcam(size_t l, const at::Tensor& tap, const at::Tensor& a, const Batch& batch, size_t rank,
                          const at::Tensor& y);
+  // The maps of rank r's targets before aggregation: one per layer, or one
+  // for all layers (cross-layer methods); each normalised at its own size
+  // and resized to H x W.
+  std::vector<kernels::MapOutput> method_maps(const TappedForward::Result& fwd, const std::vector<at::Tensor>& grads,
+                                              const Batch& batch, size_t r, const at::Tensor& y, int64_t H,
+                                              int64_t W);
+  // Token scores B x N of an attention method on the patch grid: B x gh x gw.
+  at::Tensor token_grid(const at::Tensor& tokens, int64_t H, int64_t W) const;
   // The batch's sample b repeated n times, prepared for the model.
   Batch repeat_sample(const Batch& batch, int64_t b, size_t rank, const at::Tensor& images);
   // `images` (n x 3 x H x W) with one target for all, prepared for the model.
@@ -292,7 +310,6 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
 
   const size_t L = layers.size();
   const int64_t H = images.size(2), W = images.size(3);
-  lowres.assign(L, LowRes{});
   std::vector<MapResult> results;
   for (size_t r = 0; r < ranks; ++r) {
     t = Clock::now();
@@ -307,30 +324,18 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
     times->backward_ms += ms_since(t);
 
     t = Clock::now();
-    std::vector<at::Tensor> low(L), status(L);
-    at::Tensor maps;
-    for (size_t l = 0; l < L; ++l) {
-      const at::Tensor a = plugin->to_grid(layers[l], fwd.taps[l].detach(), batch);
-      at::Tensor g;
-      if (method->gradients)
-        g = grads[l].defined() ? plugin->to_grid(layers[l], grads[l], batch) : torch::zeros_like(a);
-      kernels::MapOutput out;
-      if (method->name == "gradcam" && !opt.eigen_smooth)
-        out = kernels::gradcam(a, g, H, W);  // the fused one-pass kernel
-      else if (method->name == "scorecam")
-        out = kernels::normalize_resize(scorecam(a, batch, r), H, W);
-      else if (method->name == "ablationcam")
-        out = kernels::normalize_resize(ablationcam(l, fwd.taps[l].detach(), a, batch, r, y.detach()), H, W);
-      else
-        out = kernels::normalize_resize(methods::raw_map(*method, a, g, opt.eigen_smooth), H, W);
-      low[l] = out.lowres.cpu();
-      status[l] = out.status;
-      maps = out.map;
+    const auto outs = method_maps(fwd, grads, batch, r, y, H, W);
+    const size_t M = outs.size();
+    std::vector<at::Tensor> low(M), status(M);
+    for (size_t l = 0; l < M; ++l) {
+      low[l] = outs[l].lowres.cpu();
+      status[l] = outs[l].status;
     }
+    at::Tensor maps = outs.back().map;
     // Several layers: resize each, relu, mean, renormalise. One layer: the
     // resized map is renormalised too (interpolation moves its extremes off
     // 0 and 1), as the reference implementation's aggregation does.
-    maps = L > 1 ? kernels::aggregate_layers(low, H, W).map : kernels::minmax_normalize(maps);
+    maps = M > 1 ? kernels::aggregate_layers(low, H, W).map : kernels::minmax_normalize(maps);
     if (aug) {
       // pgc's forward_augmentation_smoothing: flip each copy's final map back,
       // then the plain mean of the six, not renormalised.
@@ -356,21 +361,22 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
       m.width = W;
       const float* mp = maps.data_ptr<float>() + b0 * H * W;
       m.map.assign(mp, mp + H * W);
-      for (size_t l = 0; l < L; ++l) {
+      for (size_t l = 0; l < M; ++l) {
+        const std::string what = M == L ? "layer '" + layers[l] + "'" : method->name + " of the tapped layers";
         uint8_t st = 0;  // with aug_smooth: what any of the sample's copies had
         for (int64_t c = 0; c < copies; ++c) st |= status[l].data_ptr<uint8_t>()[c * B0 + b0];
         if (st & kernels::kCamNonFinite)
-          m.warnings.push_back(fmt::format("NaN or Inf in the activations or gradients of layer '{}': its map is "
-                                           "all zeros",
-                                           layers[l]));
+          m.warnings.push_back(fmt::format("NaN or Inf in the activations or gradients of {}: its map is all zeros",
+                                           what));
         else if (st & kernels::kCamConstant)
-          m.warnings.push_back(fmt::format("map of layer '{}' is constant (zero gradients or an all-negative "
+          m.warnings.push_back(fmt::format("map of {} is constant (zero gradients or an all-negative "
                                            "weighted sum): written as zeros; try an earlier layer",
-                                           layers[l]));
+                                           what));
       }
       results.push_back(std::move(m));
     }
-    for (size_t l = 0; l < L; ++l) {
+    if (r == 0) lowres.assign(M, LowRes{});
+    for (size_t l = 0; l < M; ++l) {
       lowres[l].height = low[l].size(1);
       lowres[l].width = low[l].size(2);
       const auto c = (aug ? low[l].narrow(0, kIdentityAugmentation * B0, B0) : low[l]).contiguous();
@@ -378,6 +384,55 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
     }
   }
   return results;
+}
+
+std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const TappedForward::Result& fwd,
+                                                             const std::vector<at::Tensor>& grads, const Batch& batch,
+                                                             size_t r, const at::Tensor& y, int64_t H, int64_t W) {
+  using methods::Kind;
+  const size_t L = layers.size();
+  std::vector<kernels::MapOutput> out;
+  if (method->kind == Kind::attention || method->kind == Kind::cross_layer) {
+    const int64_t B = batch.images.size(0);
+    std::vector<at::Tensor> attn(L), g(L);
+    for (size_t l = 0; l < L; ++l) {
+      attn[l] = methods::as_attention(fwd.taps[l].detach(), B, layers[l]);
+      if (method->gradients) g[l] = grads[l].defined() ? grads[l].view_as(attn[l]) : torch::zeros_like(attn[l]);
+    }
+    auto on_grid = [&](const at::Tensor& tokens) { return kernels::normalize_resize(token_grid(tokens, H, W), H, W); };
+    if (method->kind == Kind::cross_layer) return {on_grid(method->token_map(attn, g, opt.attention))};
+    for (size_t l = 0; l < L; ++l) out.push_back(on_grid(method->token_map({attn[l]}, {g[l]}, opt.attention)));
+    return out;
+  }
+  for (size_t l = 0; l < L; ++l) {
+    const at::Tensor a = plugin->to_grid(layers[l], fwd.taps[l].detach(), batch);
+    at::Tensor g;
+    if (method->gradients) g = grads[l].defined() ? plugin->to_grid(layers[l], grads[l], batch) : torch::zeros_like(a);
+    if (method->name == "gradcam" && !opt.eigen_smooth)
+      out.push_back(kernels::gradcam(a, g, H, W));  // the fused one-pass kernel
+    else if (method->name == "scorecam")
+      out.push_back(kernels::normalize_resize(scorecam(a, batch, r), H, W));
+    else if (method->name == "ablationcam")
+      out.push_back(kernels::normalize_resize(ablationcam(l, fwd.taps[l].detach(), a, batch, r, y.detach()), H, W));
+    else
+      out.push_back(kernels::normalize_resize(methods::raw_map(*method, a, g, opt.eigen_smooth), H, W));
+  }
+  return out;
+}
+
+at::Tensor Explainer::Impl::token_grid(const at::Tensor& tokens, int64_t H, int64_t W) const {
+  const auto& o = opt.attention;
+  XCAM_CHECK(o.patch_h > 0 && o.patch_w > 0,
+             "method '{}' lays the tokens on the patch grid and needs the model's patch size: set --patch P "
+             "(YAML attention.patch) and, if the model has other than 1 token before the grid, --prefix-tokens",
+             method->name);
+  const int64_t gh = H / o.patch_h, gw = W / o.patch_w, N = tokens.size(1);
+  XCAM_CHECK(o.query >= 0 && o.query < N, "query token {} is out of range: the attention has {} tokens", o.query, N);
+  XCAM_CHECK(N - o.prefix == gh * gw,
+             "the attention has {} tokens; {} prefix token(s) and a {} x {} grid ({} x {} input, patch {} x {}) "
+             "make {}; set --prefix-tokens and --patch (YAML attention.prefix, attention.patch) to the model's",
+             N, o.prefix, gh, gw, H, W, o.patch_h, o.patch_w, o.prefix + gh * gw);
+  return tokens.narrow(1, o.prefix, gh * gw).reshape({tokens.size(0), gh, gw});
 }
 
 at::Tensor Explainer::Impl::scorecam(const at::Tensor& a, const Batch& batch, size_t rank) {

@@ -181,6 +181,19 @@ TEST(Cli, ExplainWritesDocumentedNames) {
   for (const char* f : {"val_000_circle.npy", "val_000_circle.png", "val_000_circle_panel.png", "val_000_square.npy",
                         "val_000_square.png"})
     EXPECT_TRUE(fs::exists(tmp / (std::string("o/") + f))) << f << "\n" << r.output;
+  // results.json / results.csv, as the help says: a row per map.
+  std::ifstream in(tmp / "o/results.json");
+  ASSERT_TRUE(in) << r.output;
+  const auto rows = nlohmann::json::parse(in);
+  ASSERT_EQ(rows.size(), 2u);
+  std::set<std::string> targets;
+  for (const auto& row : rows) targets.insert(row["target"].get<std::string>());
+  EXPECT_EQ(targets, (std::set<std::string>{"circle", "square"}));
+  std::ifstream csv(tmp / "o/results.csv");
+  std::string line;
+  size_t lines = 0;
+  while (std::getline(csv, line)) ++lines;
+  EXPECT_EQ(lines, 3u);
 }
 
 TEST(Cli, PluginsAndLayersListings) {

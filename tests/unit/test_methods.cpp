@@ -178,7 +178,7 @@ TEST(MethodsTargets, TopKAndSeveralLayersInOneCallEqualSeparateCalls) {
   const int64_t B = 2;
   const std::vector<float> x(input.f32.begin(), input.f32.begin() + B * 3 * m.size * m.size);
   const auto ids = xcam::test::sample_ids(B);
-  for (const auto& k : xcam::available_methods()) {
+  for (const auto& k : xcam::cam_methods()) {
     auto o = xcam::test::cnn_options(model_path(m), "block3", m.size, k);
     o.layers = {"block3", "block4"};
     o.targets = {"top2"};
@@ -262,7 +262,7 @@ TEST(MethodsDegenerate, NaNInOneSampleIsReportedAndTheOtherIsIntact) {
   std::vector<float> x(input.f32.begin(), input.f32.begin() + 2 * n);
   x[n + 40 * m.size + 50] = std::nanf("");  // sample 1, channel 0, row 40, column 50
   const std::vector<float> clean(input.f32.begin(), input.f32.begin() + n);
-  for (const auto& k : xcam::available_methods()) {
+  for (const auto& k : xcam::cam_methods()) {
     xcam::Explainer ex(options(m, k));
     const auto maps = ex.explain_preprocessed(x, 2, {"ok", "nan"}, {{"0"}, {"0"}});
     ASSERT_EQ(maps.size(), 2u) << k;

@@ -2,6 +2,8 @@
 // computations, and bad input against the errors users should see.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <opencv2/imgproc.hpp>
 
 #include <random>
@@ -172,6 +174,33 @@ TEST(Yaml, SyntaxTypesAndMissingThings) {
   EXPECT_NE(error_of(write_yaml(tmp, "model: m.pt\ninputs: " + images + "\nmethods: [gradkam]\n"))
                 .find("method 'gradkam' is not available"),
             std::string::npos);
+}
+
+// plugin_options keep their YAML types (numbers, booleans, lists, nested
+// mappings; quoted scalars stay strings); the attention block is read and
+// checked.
+TEST(Yaml, PluginOptionsAreTypedAndAttentionIsRead) {
+  xcam::test::TempDir tmp("yaml");
+  const std::string images = xcam::test::source("zoo/data/shapes");
+  const auto path = write_yaml(tmp, "model: m.pt\ninputs: " + images +
+                                        "\nplugin_options:\n  k: 3\n  ratio: 0.25\n  flag: true\n  quoted: \"3\"\n"
+                                        "  name: probability\n  list: [1, two]\n  nested: {a: ~, b: [false]}\n"
+                                        "attention: {patch: [16, 8], prefix: 2, head_fusion: max, discard_ratio: 0.9}\n");
+  const auto cfg = xcam::load_experiment(path);
+  const auto j = nlohmann::json::parse(cfg.explainer.plugin_options);
+  EXPECT_EQ(j, nlohmann::json::parse(R"({"k": 3, "ratio": 0.25, "flag": true, "quoted": "3", "name": "probability",
+                                         "list": [1, "two"], "nested": {"a": null, "b": [false]}})"))
+      << j.dump();
+  const auto& a = cfg.explainer.attention;
+  EXPECT_EQ(a.patch_h, 16);
+  EXPECT_EQ(a.patch_w, 8);
+  EXPECT_EQ(a.prefix, 2);
+  EXPECT_EQ(a.head_fusion, "max");
+  EXPECT_DOUBLE_EQ(a.discard_ratio, 0.9);
+  const auto bad = error_of(write_yaml(tmp, "model: m.pt\ninputs: " + images + "\nattention: {head_fusion: median}\n"));
+  EXPECT_NE(bad.find("exp.yaml:3: key 'head_fusion' must be mean, max or min"), std::string::npos) << bad;
+  const auto ratio = error_of(write_yaml(tmp, "model: m.pt\ninputs: " + images + "\nattention: {discard_ratio: 1}\n"));
+  EXPECT_NE(ratio.find("key 'discard_ratio' must be in [0, 1)"), std::string::npos) << ratio;
 }
 
 TEST(Yaml, ShippedConfigsParse) {

@@ -61,7 +61,12 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& patterns,
 
 // One image's explanation outputs and numbers, as stored in results.
 struct ItemRecord {
-  std::string image, method, layers, target, status = "ok";
+  std::string image;  // the input's file name
+  // The input's id, which its output names start with: the file's stem, or,
+  // where several inputs of a run share a stem, the stem after as many of
+  // its parent folders as tell them apart ("a_x", "b_x").
+  std::string id;
+  std::string method, layers, target, status = "ok";
   int64_t target_index = -1;
   size_t rank = 0;
   double score = 0, forward_ms = 0, backward_ms = 0, cam_ms = 0;
@@ -108,9 +113,16 @@ void explain_and_write(Explainer& ex, const std::vector<std::string>& images, in
                        std::vector<ItemRecord>& records, RunSummary& summary, const RunOptions& opt,
                        const std::string& progress_label = "");
 
+// results.json and results.csv in `dir`: one row per record (map).
+void write_results(const std::string& dir, const std::vector<ItemRecord>& records);
+
 // Prints the summary (counts, pointing game with the centre baseline unless
 // `pointing` is false, failures) to stdout.
 void print_summary(const RunSummary& s, bool pointing = true);
+
+// The method as results and output directories name it: smoothing options
+// are part of it ("gradcam+aug+eigen").
+std::string method_label(const ExplainerOptions& o);
 
 // A label as output file and directory names use it: letters, digits, '-'
 // and '.' kept, anything else '_'.

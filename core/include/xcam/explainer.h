@@ -15,6 +15,17 @@
 
 namespace xcam {
 
+// How attention and cross-layer methods read tokens (SPEC section 6). The
+// tokens after `prefix` lie on the patch grid: (H / patch_h) x (W / patch_w)
+// of the model input, row-major; they are never guessed from factor pairs.
+struct AttentionOptions {
+  int64_t patch_h = 0, patch_w = 0;  // 0: not set (attention methods then refuse to run)
+  int64_t prefix = 1;                // tokens before the grid (CLS, distillation, prompts)
+  int64_t query = 0;                 // the token whose row of attention is the map (CLS: 0)
+  std::string head_fusion = "mean";  // mean | max | min
+  double discard_ratio = 0;          // rollout: fraction of the lowest fused entries set to 0
+};
+
 struct ExplainerOptions {
   std::string model;                    // TorchScript file
   std::string plugin = "cnn";           // plugin name or path to its .so
@@ -46,10 +57,14 @@ struct ExplainerOptions {
   // the first principal component of the per-channel terms instead of their
   // sum (ignored by eigencam / eigengradcam, which are projections already).
   bool aug_smooth = false, eigen_smooth = false;
+  AttentionOptions attention;  // attention, rollout, relevancy
 };
 
 // Methods this build implements, by their CLI/YAML names.
 const std::vector<std::string>& available_methods();
+// Those that map a layer of feature maps (the CAM family and the
+// perturbation methods, not the attention ones): `xcam compare`'s default.
+const std::vector<std::string>& cam_methods();
 
 struct MapResult {
   std::string image_id;

@@ -1,0 +1,517 @@
+// The output writer `xcam explain` and the runner share: per input, its maps
+// explained in batches, written under names unique per input and per target
+// rank, and a record file written last; resume by a digest of everything that
+// decides an item's outputs; results.json / results.csv merged across runs.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "xcam/error.h"
+#include "xcam/experiment.h"
+#include "xcam/io.h"
+#include "xcam/render.h"
+#include "xcam/strings.h"
+
+namespace xcam {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// -------------------------------------------------------------- records ----
+
+namespace {
+
+json to_json(const ItemRecord& r) {
+  json j{{"image", r.image},   {"id", r.id},       {"method", r.method},       {"layers", r.layers},
+         {"target", r.target}, {"target_index", r.target_index}, {"rank", r.rank},
+         {"score", r.score},   {"status", r.status},       {"forward_ms", r.forward_ms},
+         {"backward_ms", r.backward_ms}, {"cam_ms", r.cam_ms}, {"outputs", r.outputs},
+         {"warnings", r.warnings}};
+  auto opt = [](const auto& v) { return v ? json(*v) : json(nullptr); };
+  j["pointing_hit"] = opt(r.pointing_hit);
+  j["centre_hit"] = opt(r.centre_hit);
+  j["energy"] = opt(r.energy);
+  j["deletion"] = opt(r.deletion);
+  j["insertion"] = opt(r.insertion);
+  j["drop"] = opt(r.drop);
+  j["increase"] = opt(r.increase);
+  return j;
+}
+
+ItemRecord from_json(const json& j) {
+  ItemRecord r;
+  r.image = j.at("image");
+  r.id = j.value("id", fs::path(r.image).stem().string());
+  r.method = j.at("method");
+  r.layers = j.at("layers");
+  r.target = j.at("target");
+  r.target_index = j.at("target_index");
+  r.rank = j.at("rank");
+  r.score = j.at("score");
+  r.status = j.at("status");
+  r.forward_ms = j.at("forward_ms");
+  r.backward_ms = j.at("backward_ms");
+  r.cam_ms = j.at("cam_ms");
+  r.outputs = j.at("outputs").get<std::vector<std::string>>();
+  r.warnings = j.at("warnings").get<std::vector<std::string>>();
+  auto number = [&](const char* key) {
+    return j.contains(key) && !j[key].is_null() ? std::optional<double>(j[key].get<double>()) : std::nullopt;
+  };
+  auto flag = [&](const char* key) {
+    return j.contains(key) && !j[key].is_null() ? std::optional<bool>(j[key].get<bool>()) : std::nullopt;
+  };
+  r.pointing_hit = flag("pointing_hit");
+  r.centre_hit = flag("centre_hit");
+  r.energy = number("energy");
+  r.deletion = number("deletion");
+  r.insertion = number("insertion");
+  r.drop = number("drop");
+  r.increase = flag("increase");
+  return r;
+}
+
+void add_pointing(RunSummary& s, const ItemRecord& r) {
+  if (!r.pointing_hit) return;
+  auto& [maps, centre] = s.pointing[r.method + " " + r.layers];
+  maps.add(r.target, *r.pointing_hit);
+  centre.add(r.target, r.centre_hit.value_or(false));
+}
+
+// What makes a row of results.json: one map of one input, method, layers and rank.
+std::string row_key(const json& j) {
+  return fmt::format("{}\n{}\n{}\n{}", j.value("id", fs::path(j.value("image", "")).stem().string()),
+                     j.value("method", ""), j.value("layers", ""), j.value("rank", 0));
+}
+
+}  // namespace
+
+void write_results(const std::string& dir, const std::vector<ItemRecord>& records) {
+  // Rows of earlier runs on this folder (another method, other inputs) stay;
+  // a row this run wrote again replaces its old one.
+  json all = json::array();
+  std::set<std::string> fresh;
+  for (const auto& r : records) fresh.insert(row_key(to_json(r)));
+  const fs::path file = fs::path(dir) / "results.json";
+  if (fs::exists(file)) {
+    try {
+      std::ifstream in(file);
+      for (const auto& row : json::parse(in))
+        if (!fresh.count(row_key(row))) all.push_back(row);
+    } catch (const std::exception& e) {
+      std::cerr << "xcam: warning: " << file.string() << " is unreadable (" << e.what()
+                << "); it is written anew with this run's rows only\n";
+      all = json::array();
+    }
+  }
+  for (const auto& r : records) all.push_back(to_json(r));
+  std::ostringstream csv;
+  csv << "image,id,method,layers,target,target_index,rank,score,forward_ms,backward_ms,cam_ms,pointing_hit,"
+         "centre_hit,energy,deletion,insertion,drop,increase,warnings\n";
+  auto opt_bool = [](const std::optional<bool>& b) { return b ? std::string(*b ? "1" : "0") : std::string(); };
+  auto opt_num = [](const std::optional<double>& v) { return v ? fmt::format("{:.6f}", *v) : std::string(); };
+  for (const auto& row : all) {
+    const ItemRecord r = from_json(row);
+    csv << csv_field(r.image) << ',' << csv_field(r.id) << ',' << r.method << ',' << csv_field(r.layers) << ','
+        << csv_field(r.target) << ',' << r.target_index << ',' << r.rank << ',' << r.score << ',' << r.forward_ms
+        << ',' << r.backward_ms << ',' << r.cam_ms << ',' << opt_bool(r.pointing_hit) << ','
+        << opt_bool(r.centre_hit) << ',' << opt_num(r.energy) << ',' << opt_num(r.deletion) << ','
+        << opt_num(r.insertion) << ',' << opt_num(r.drop) << ',' << opt_bool(r.increase) << ','
+        << csv_field(fmt::format("{}", fmt::join(r.warnings, "; "))) << '\n';
+  }
+  write_file_atomic(file.string(), all.dump(2) + "\n");
+  write_file_atomic((fs::path(dir) / "results.csv").string(), csv.str());
+}
+
+std::string method_label(const ExplainerOptions& o) {
+  return o.method + (o.aug_smooth ? "+aug" : "") + (o.eigen_smooth ? "+eigen" : "");
+}
+
+std::string safe_name(const std::string& s) {
+  std::string out;
+  for (char ch : s) out += (std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '.') ? ch : '_';
+  return out.empty() ? "_" : out;
+}
+
+// ------------------------------------------------------ names and resume ----
+
+namespace {
+
+// 64-bit FNV-1a: stable across builds and machines, unlike std::hash.
+std::string digest_of(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return fmt::format("{:016x}", h);
+}
+
+// A file as far as a re-run cares: its path, size and modification time.
+std::string file_stamp(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return path + " (missing)";
+  return fmt::format("{} {} {}.{}", path, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+}
+
+// Everything of the run that decides an item's outputs (the item's own
+// image and requests are added per item).
+std::string run_fingerprint(const Explainer& ex, const OutputOptions& out) {
+  const auto& o = ex.options();
+  const auto& p = ex.preprocess();
+  const auto& a = o.attention;
+  std::string s = fmt::format(
+      "model {}\nplugin {} {}\nlayers {}\nmethod {}\nsize {} {}\nmean {}\nstd {}\nlabels {}\nattention {} {} {} {} "
+      "{} {}\nchunk {}\noutputs {} {} {} {} {}\n",
+      file_stamp(o.model), o.plugin, o.plugin_options, fmt::join(ex.layers(), "+"), method_label(o), p.height,
+      p.width, fmt::join(p.mean, " "), fmt::join(p.std, " "), o.labels_file.empty() ? "" : file_stamp(o.labels_file),
+      a.patch_h, a.patch_w, a.prefix, a.query, a.head_fusion, a.discard_ratio, o.score_chunk, out.save_map,
+      out.save_overlay, out.save_panel, out.colormap, out.alpha);
+  if (out.faithfulness) s += fmt::format("faithfulness {} {}\n", out.faithfulness->steps, out.faithfulness->chunk);
+  return s;
+}
+
+// Ids unique among `images`: the stem, or for stems that several inputs
+// share, the stem after as many parent folders as tell them apart.
+std::vector<std::string> input_ids(const std::vector<std::string>& images) {
+  std::vector<std::string> ids(images.size());
+  std::vector<size_t> todo(images.size());
+  for (size_t i = 0; i < images.size(); ++i) todo[i] = i;
+  for (size_t depth = 0; !todo.empty(); ++depth) {
+    std::map<std::string, std::vector<size_t>> by_id;
+    for (size_t i : todo) {
+      fs::path p = fs::absolute(images[i]).lexically_normal();
+      std::string id = p.stem().string();
+      fs::path parent = p.parent_path();
+      for (size_t d = 0; d < depth && !parent.empty() && parent != parent.root_path(); ++d) {
+        id = parent.filename().string() + "_" + id;
+        parent = parent.parent_path();
+      }
+      ids[i] = safe_name(id);
+      by_id[ids[i]].push_back(i);
+    }
+    todo.clear();
+    for (const auto& [id, members] : by_id)
+      if (members.size() > 1 && depth < 64) todo.insert(todo.end(), members.begin(), members.end());
+  }
+  return ids;
+}
+
+// Output stems of one input's maps: <id>_<label>, and <id>_<label>_r<rank>
+// where two targets of the input share a label (a repeated word, `top1,0,0`).
+std::vector<std::string> output_stems(const std::string& id, const std::vector<const MapResult*>& maps) {
+  std::map<std::string, int> uses;
+  for (const auto* m : maps) ++uses[safe_name(m->target_label)];
+  std::vector<std::string> stems;
+  for (const auto* m : maps) {
+    const std::string label = safe_name(m->target_label);
+    stems.push_back(id + "_" + label + (uses[label] > 1 ? "_r" + std::to_string(m->rank) : ""));
+  }
+  return stems;
+}
+
+// Temporary files of atomic writes (".NAME.tmpPID") left by a run that was
+// killed: removed when that process is gone.
+void remove_stale_temporaries(const fs::path& dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const auto pos = name.rfind(".tmp");
+    if (name.empty() || name[0] != '.' || pos == std::string::npos || pos + 4 >= name.size()) continue;
+    const std::string pid = name.substr(pos + 4);
+    if (!std::all_of(pid.begin(), pid.end(), ::isdigit) || pid.size() > 9) continue;
+    const pid_t p = static_cast<pid_t>(std::stol(pid));
+    if (p != ::getpid() && ::kill(p, 0) != 0 && errno == ESRCH) fs::remove(it->path(), ec);
+  }
+}
+
+// The records of a finished item: its record file exists, was written for
+// the same digest, and every output it names exists (with the faithfulness
+// metrics on, its records carry them). Nothing when the item must be redone.
+std::optional<std::vector<ItemRecord>> finished_item(const fs::path& record, const std::string& digest,
+                                                     const OutputOptions& out) {
+  std::error_code ec;
+  if (!fs::exists(record, ec)) return std::nullopt;
+  try {
+    std::ifstream in(record);
+    const json j = json::parse(in);
+    if (!j.is_object() || j.value("digest", "") != digest) return std::nullopt;
+    std::vector<ItemRecord> rs;
+    for (const auto& item : j.at("records")) rs.push_back(from_json(item));
+    const bool complete = std::all_of(rs.begin(), rs.end(), [&](const ItemRecord& r) {
+      return (!out.faithfulness || (r.deletion && r.insertion && r.drop && r.increase)) &&
+             std::all_of(r.outputs.begin(), r.outputs.end(),
+                         [&](const std::string& o) { return fs::exists(fs::path(out.dir) / o); });
+    });
+    if (complete) return rs;
+  } catch (const std::exception&) {
+  }
+  return std::nullopt;  // a damaged record: redo the item
+}
+
+}  // namespace
+
+// ------------------------------------------------------- explain + write ----
+
+namespace {
+
+struct Item {
+  std::string path, id, digest;
+  std::vector<std::string> requests;
+  cv::Mat rgb;
+};
+
+// Shared state of one explain_and_write call.
+struct Writer {
+  Explainer& ex;
+  const std::map<std::string, std::vector<Box>>* boxes;
+  const OutputOptions& out;
+  std::vector<ItemRecord>& records;
+  RunSummary& summary;
+  Colormap cmap;
+  std::string layers;
+  fs::path item_dir;
+  bool tty;
+  size_t finished = 0, total = 0;
+  std::string progress_label;
+
+  void progress() const {
+    if (tty)
+      std::cerr << fmt::format("\r{}{} / {} images", progress_label.empty() ? "" : progress_label + ": ", finished,
+                               total)
+                << std::flush;
+  }
+
+  void fail(const std::string& img, const std::string& why) {
+    ++summary.failed;
+    ++finished;
+    summary.failures.push_back(fmt::format("{}: {}", img, why));
+    if (tty) std::cerr << "\n";
+    std::cerr << "xcam: skipped " << img << ": " << why << "\n";
+    progress();
+  }
+
+  // The requests of one input: the run's targets, or every boxed class.
+  std::vector<std::string> requests_of(const std::string& img, const std::vector<std::string>& targets) const {
+    if (std::find(targets.begin(), targets.end(), "annotated") == targets.end()) return targets;
+    const auto name = fs::path(img).filename().string();
+    const auto it = boxes ? boxes->find(name) : std::map<std::string, std::vector<Box>>::const_iterator{};
+    XCAM_CHECK(boxes && it != boxes->end() && !it->second.empty(),
+               "targets: annotated, but the boxes file has no box for '{}'", name);
+    std::vector<std::string> req;
+    for (const auto& b : it->second)
+      if (std::find(req.begin(), req.end(), b.label) == req.end()) req.push_back(b.label);
+    return req;
+  }
+
+  // One map's outputs and its record.
+  ItemRecord write_map(const Item& item, const MapResult& m, const std::string& stem, const Faithfulness* f,
+                       const StageTimes& t, double n) const {
+    ItemRecord r;
+    r.image = fs::path(item.path).filename().string();
+    r.id = item.id;
+    r.method = method_label(ex.options());
+    r.layers = layers;
+    r.target = m.target_label;
+    r.target_index = m.target_index;
+    r.rank = m.rank;
+    r.score = m.score;
+    r.forward_ms = t.forward_ms / n;
+    r.backward_ms = t.backward_ms / n;
+    r.cam_ms = t.cam_ms / n;
+    r.warnings = m.warnings;
+    if (f) {
+      r.deletion = f->deletion;
+      r.insertion = f->insertion;
+      r.drop = f->drop;
+      r.increase = f->increase;
+    }
+    for (const auto& w : m.warnings) std::cerr << "xcam: warning: " << item.path << " [" << m.target_label << "]: " << w << "\n";
+    const auto full = map_at_image_size(m.map, m.height, m.width, item.rgb);
+    const fs::path dir(out.dir);
+    if (out.save_map) {
+      write_npy((dir / (stem + ".npy")).string(), {item.rgb.rows, item.rgb.cols}, full.data());
+      r.outputs.push_back(stem + ".npy");
+    }
+    if (out.save_overlay || out.save_panel) {
+      const auto rendered = render_overlay(item.rgb, full, out.alpha, cmap);
+      if (out.save_overlay) {
+        write_png((dir / (stem + ".png")).string(), rendered.overlay);
+        r.outputs.push_back(stem + ".png");
+      }
+      if (out.save_panel) {
+        const std::string title =
+            fmt::format("{} | {} @ {} | {} p={:.3f}", r.image, r.method, layers, m.target_label, m.score);
+        write_png((dir / (stem + "_panel.png")).string(), render_panel(item.rgb, rendered, title));
+        r.outputs.push_back(stem + "_panel.png");
+      }
+    }
+    if (boxes) {
+      const auto it = boxes->find(r.image);
+      std::vector<Box> cls;
+      if (it != boxes->end())
+        for (const auto& b : it->second)
+          if (b.label == m.target_label) cls.push_back(b);
+      if (!cls.empty()) {
+        const auto pg = pointing_game(full.data(), item.rgb.rows, item.rgb.cols, cls);
+        r.pointing_hit = pg.hit;
+        r.energy = pg.energy;
+        r.centre_hit = centre_point_hit(item.rgb.rows, item.rgb.cols, cls);
+      }
+    }
+    return r;
+  }
+
+  // Writes the outputs of one explained item, then its record file (last,
+  // atomically: a killed run never leaves a record for missing outputs).
+  void write_item(const Item& item, const std::vector<MapResult>& maps, const std::vector<Faithfulness>& faith,
+                  const StageTimes& t, double n) {
+    std::vector<ItemRecord> item_records;
+    try {
+      std::vector<const MapResult*> mine;
+      std::vector<const Faithfulness*> mine_f;
+      for (size_t mi = 0; mi < maps.size(); ++mi)
+        if (maps[mi].image_id == item.id) {
+          mine.push_back(&maps[mi]);
+          mine_f.push_back(faith.empty() ? nullptr : &faith[mi]);
+        }
+      const auto stems = output_stems(item.id, mine);
+      for (size_t k = 0; k < mine.size(); ++k) item_records.push_back(write_map(item, *mine[k], stems[k], mine_f[k], t, n));
+      json rs = json::array();
+      for (const auto& r : item_records) rs.push_back(to_json(r));
+      const json j{{"input", item.path}, {"digest", item.digest}, {"records", rs}};
+      write_file_atomic((item_dir / (item.id + ".json")).string(), j.dump(1));
+    } catch (const Error& e) {
+      fail(item.path, e.what());
+      return;
+    }
+    for (auto& r : item_records) {
+      add_pointing(summary, r);
+      records.push_back(std::move(r));
+    }
+    ++summary.done;
+    ++finished;
+    progress();
+  }
+
+  // Explains `items` in one batch; when the batch fails as a whole, its items
+  // one by one, so that a single bad item is reported and skipped.
+  void explain_batch(const std::vector<Item>& items) {
+    std::vector<std::vector<size_t>> groups{{}};
+    for (size_t i = 0; i < items.size(); ++i) groups[0].push_back(i);
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+      const auto group = groups[gi];
+      std::vector<cv::Mat> rgb;
+      std::vector<std::string> ids;
+      std::vector<std::vector<std::string>> req;
+      for (size_t i : group) {
+        rgb.push_back(items[i].rgb);
+        ids.push_back(items[i].id);
+        req.push_back(items[i].requests);
+      }
+      std::vector<MapResult> maps;
+      std::vector<Faithfulness> faith;
+      StageTimes t;
+      try {
+        maps = ex.explain(rgb, ids, req, &t);
+        // The metric forwards are not part of the explanation's timings.
+        if (out.faithfulness) faith = ex.faithfulness(rgb, ids, maps, *out.faithfulness);
+      } catch (const std::exception& e) {
+        if (group.size() > 1)
+          for (size_t i : group) groups.push_back({i});
+        else
+          fail(items[group[0]].path, e.what());
+        continue;
+      }
+      for (size_t i : group) write_item(items[i], maps, faith, t, static_cast<double>(group.size()));
+    }
+  }
+};
+
+}  // namespace
+
+void explain_and_write(Explainer& ex, const std::vector<std::string>& images, int batch_size,
+                       const std::vector<std::string>& targets,
+                       const std::map<std::string, std::vector<Box>>* boxes, const OutputOptions& out,
+                       std::vector<ItemRecord>& records, RunSummary& summary, const RunOptions& opt,
+                       const std::string& progress_label) {
+  Writer w{ex, boxes, out, records, summary, parse_colormap(out.colormap), fmt::format("{}", fmt::join(ex.layers(), "+")),
+           fs::path(out.dir) / ".items", opt.progress && ::isatty(STDERR_FILENO)};
+  w.total = images.size();
+  w.progress_label = progress_label;
+  remove_stale_temporaries(out.dir);
+  remove_stale_temporaries(w.item_dir);
+  const std::string fingerprint = run_fingerprint(ex, out);
+  const auto ids = input_ids(images);
+
+  // Resume: items finished with the same digest are taken as they are.
+  std::vector<Item> pending;
+  for (size_t i = 0; i < images.size(); ++i) {
+    Item item{images[i], ids[i]};
+    try {
+      item.requests = w.requests_of(images[i], targets);
+    } catch (const Error& e) {
+      w.fail(images[i], e.what());
+      continue;
+    }
+    item.digest = digest_of(fmt::format("{}input {}\nrequests {}\n", fingerprint, file_stamp(images[i]),
+                                        fmt::join(item.requests, ",")));
+    const auto done = opt.force ? std::nullopt : finished_item(w.item_dir / (item.id + ".json"), item.digest, out);
+    if (!done) {
+      pending.push_back(std::move(item));
+      continue;
+    }
+    for (const auto& r : *done) {
+      add_pointing(summary, r);
+      records.push_back(r);
+    }
+    ++summary.skipped;
+    ++w.finished;
+  }
+  w.progress();
+
+  bool warmed = !opt.warmup;
+  for (size_t start = 0; start < pending.size(); start += static_cast<size_t>(batch_size)) {
+    std::vector<Item> batch;
+    for (size_t i = start; i < std::min(pending.size(), start + static_cast<size_t>(batch_size)); ++i) {
+      try {
+        Item item = pending[i];  // the image is held for this batch only
+        item.rgb = load_rgb(item.path);
+        batch.push_back(std::move(item));
+      } catch (const Error& e) {
+        w.fail(pending[i].path, e.what());
+      }
+    }
+    if (batch.empty()) continue;
+    if (!warmed) {
+      // Untimed, twice: the first calls pay for one-off set-up (thread pools,
+      // allocator, the TorchScript executor's profiling run and the
+      // optimisation after it). Errors show up again in the timed call.
+      std::vector<cv::Mat> rgb;
+      std::vector<std::string> bid;
+      std::vector<std::vector<std::string>> req;
+      for (const auto& it : batch) {
+        rgb.push_back(it.rgb);
+        bid.push_back(it.id);
+        req.push_back(it.requests);
+      }
+      try {
+        for (int k = 0; k < 2; ++k) ex.explain(rgb, bid, req);
+      } catch (const std::exception&) {
+      }
+      warmed = true;
+    }
+    w.explain_batch(batch);
+  }
+  if (w.tty) std::cerr << "\n";
+}
+
+}  // namespace xcam
