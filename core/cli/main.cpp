@@ -46,7 +46,7 @@ struct ModelFlags {
   xcam::ExplainerOptions eo;
   std::vector<int64_t> size;
   std::vector<float> mean, stdv;
-  std::vector<int64_t> patch;
+  std::vector<int64_t> patch, crops;
 
   void add(CLI::App* cmd, bool model_required) {
     auto* m = cmd->add_option("--model", eo.model, "TorchScript model file");
@@ -62,6 +62,12 @@ struct ModelFlags {
                     "Score-CAM / Ablation-CAM: perturbed inputs per forward")->capture_default_str();
     cmd->add_flag("--eigen-smooth", eo.eigen_smooth,
                   "First principal component of the weighted activations, not their sum");
+    cmd->add_option("--crops", crops, "Also explain ROWS x COLS overlapping crops and put their maps back onto "
+                                      "the image (averaged)")
+        ->expected(2);
+    cmd->add_option("--crop-overlap", eo.crops.overlap, "Overlap of neighbouring crops, a fraction of a crop")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 0.999999));
     auto& a = eo.attention;
     cmd->add_option("--patch", patch, "Attention methods: the model's patch size, P or PH PW (tokens lie on the "
                                       "H/PH x W/PW grid)")
@@ -91,6 +97,12 @@ struct ModelFlags {
     }
     if (!mean.empty()) o.mean = std::array<float, 3>{mean[0], mean[1], mean[2]};
     if (!stdv.empty()) o.std = std::array<float, 3>{stdv[0], stdv[1], stdv[2]};
+    if (!crops.empty()) {
+      XCAM_CHECK(crops[0] >= 1 && crops[1] >= 1, "--crops needs ROWS COLS of at least 1 1, got {} {}", crops[0],
+                 crops[1]);
+      o.crops.rows = crops[0];
+      o.crops.cols = crops[1];
+    }
     if (!patch.empty()) {
       XCAM_CHECK(patch.front() > 0 && patch.back() > 0, "--patch must be positive, got {}", fmt::join(patch, " "));
       o.attention.patch_h = patch.front();

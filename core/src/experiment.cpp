@@ -153,7 +153,7 @@ ExperimentConfig load_experiment(const std::string& path) {
   y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
                                        "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
                                        "threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "winograd",
-                                       "attention", "outputs", "compare"});
+                                       "attention", "crops", "outputs", "compare"});
   const std::string base = fs::path(path).parent_path().string();
   ExperimentConfig c;
   c.file = path;
@@ -191,6 +191,17 @@ ExperimentConfig load_experiment(const std::string& path) {
   }
   if (root["winograd"]) e.winograd = y.as<bool>(root["winograd"], "winograd", "true or false");
   if (const auto& at = root["attention"]) load_attention(y, at, e.attention);
+  if (const auto& cr = root["crops"]) {
+    y.only_keys(cr, "crops", {"grid", "overlap"});
+    const auto& g = cr["grid"];
+    if (!g || !g.IsSequence() || g.size() != 2) y.fail(cr, "key 'crops' needs grid: [rows, columns]");
+    e.crops.rows = y.as<int64_t>(g[0], "grid", "an integer");
+    e.crops.cols = y.as<int64_t>(g[1], "grid", "an integer");
+    if (e.crops.rows < 1 || e.crops.cols < 1) y.fail(g, "key 'grid' must be at least [1, 1]");
+    if (cr["overlap"]) e.crops.overlap = y.as<double>(cr["overlap"], "overlap", "a number in [0, 1)");
+    if (!(e.crops.overlap >= 0 && e.crops.overlap < 1)) y.fail(cr["overlap"], "key 'overlap' must be in [0, 1)");
+    if (e.aug_smooth) y.fail(cr, "crops and aug_smooth are two view sets; choose one of them");
+  }
 
   if (const auto& layers = root["layers"]) {
     if (layers.IsScalar()) {

@@ -26,6 +26,7 @@
 #include "xcam/plugin_loader.h"
 #include "methods.h"
 #include "onednn_convs.h"
+#include "views.h"
 
 namespace xcam {
 
@@ -57,18 +58,6 @@ void capture_log(const XcamHost* host, int level, const char* msg) {
   }
   plugin_host()->log(host, level, msg);
 }
-
-// pgc's test-time augmentation for aug_smooth: ttach's
-// Compose([HorizontalFlip(), Multiply([0.9, 1, 1.1])]) in its iteration order,
-// applied to the preprocessed (normalised) input tensor.
-struct Augmentation {
-  bool flip;
-  double factor;
-};
-constexpr Augmentation kAugmentations[] = {{false, 0.9}, {false, 1.0}, {false, 1.1},
-                                           {true, 0.9},  {true, 1.0},  {true, 1.1}};
-constexpr int64_t kNumAugmentations = 6;
-constexpr int64_t kIdentityAugmentation = 1;  // targets are resolved on this copy
 
 // An exception raised inside a plugin has its type information (and, for
 // xcam::Error, its file name) in the plugin's library, which the Explainer
@@ -167,6 +156,22 @@ struct Explainer::Impl {
   void init(ExplainerOptions options);
   std::vector<MapResult> run(const at::Tensor& images, const std::vector<std::string>& ids,
                              const std::vector<std::vector<std::string>>& requests, StageTimes* times);
+
+  // One forward of every view of the batch (views.h), targets resolved on
+  // the reference view and padded to equal counts.
+  struct Pass {
+    Batch batch;
+    TappedForward::Result fwd;
+    size_t ranks = 0;
+  };
+  views::ViewSet view_set(int64_t H, int64_t W) const;
+  Pass forward_pass(const views::ViewSet& set, const at::Tensor& images, const std::vector<std::string>& ids,
+                    const std::vector<std::vector<std::string>>& requests, StageTimes* times);
+  // The maps of rank r's targets: scores, gradients, method, layers
+  // aggregated, views combined; appended to `results`, low-resolution maps
+  // of the reference view kept for last_lowres().
+  void rank_maps(const Pass& pass, const views::ViewSet& set, size_t r, const std::vector<std::string>& ids,
+                 int64_t H, int64_t W, StageTimes* times, std::vector<MapResult>& results);
 };
 
 Explainer::Explainer(ExplainerOptions options) : impl_(new Impl) {
@@ -254,34 +259,28 @@ std::vector<MapResult> Explainer::explain_preprocessed(const std::vector<float>&
   return out;
 }
 
-std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std::vector<std::string>& ids,
-                                            const std::vector<std::vector<std::string>>& requests,
-                                            StageTimes* times) {
-  // aug_smooth: the six augmented copies of the batch in one forward, copy c
-  // of sample b at c * B0 + b; their final maps are de-augmented and averaged.
-  const bool aug = opt.aug_smooth;
-  const int64_t B0 = images.size(0);
-  const int64_t copies = aug ? kNumAugmentations : 1;
-  const int64_t B = B0 * copies;
-  Batch batch;
-  batch.labels = labels;
-  if (aug) {
-    std::vector<at::Tensor> x;
-    for (const auto& t : kAugmentations) {
-      auto xi = t.flip ? images.flip({3}) : images;
-      x.push_back(t.factor != 1.0 ? xi * t.factor : xi);
-    }
-    batch.images = at::cat(x, 0);
-    for (int64_t c = 0; c < copies; ++c) batch.ids.insert(batch.ids.end(), ids.begin(), ids.end());
-  } else {
-    batch.images = images;
-    batch.ids = ids;
-  }
+views::ViewSet Explainer::Impl::view_set(int64_t H, int64_t W) const {
+  XCAM_CHECK(!(opt.aug_smooth && opt.crops.rows > 0),
+             "aug_smooth and crops are two view sets; choose one of them");
+  if (opt.aug_smooth) return views::augmentations();
+  if (opt.crops.rows > 0) return views::crops(opt.crops.rows, opt.crops.cols, opt.crops.overlap, H, W);
+  return views::identity();
+}
 
-  auto t = Clock::now();
-  plugin->prepare(model.module(), batch);
-  plugin->decode(model.module(), batch);
-  auto fwd = tapped->run(batch.inputs, /*record_grad=*/method->gradients);
+Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, const at::Tensor& images,
+                                                    const std::vector<std::string>& ids,
+                                                    const std::vector<std::vector<std::string>>& requests,
+                                                    StageTimes* times) {
+  const int64_t B0 = images.size(0), V = static_cast<int64_t>(set.views.size()), B = B0 * V;
+  Pass p;
+  p.batch.labels = labels;
+  p.batch.images = views::apply(set, images);
+  for (int64_t v = 0; v < V; ++v) p.batch.ids.insert(p.batch.ids.end(), ids.begin(), ids.end());
+
+  const auto t = Clock::now();
+  plugin->prepare(model.module(), p.batch);
+  plugin->decode(model.module(), p.batch);
+  p.fwd = tapped->run(p.batch.inputs, /*record_grad=*/method->gradients);
   times->forward_ms = ms_since(t);
 
   TargetRequest req;
@@ -290,100 +289,108 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
     const int64_t b0 = b % B0;
     req.per_sample[b] = requests.empty() || requests[b0].empty() ? opt.targets : requests[b0];
   }
-  plugin->resolve_targets(fwd.output, req, batch);
-  XCAM_CHECK(static_cast<int64_t>(batch.targets.size()) == B, "plugin '{}' resolved targets for {} of {} samples",
-             opt.plugin, batch.targets.size(), B);
-  if (aug)  // every copy explains the target resolved on the un-augmented one
-    for (int64_t c = 0; c < copies; ++c)
-      if (c != kIdentityAugmentation)
-        for (int64_t b = 0; b < B0; ++b) batch.targets[c * B0 + b] = batch.targets[kIdentityAugmentation * B0 + b];
-  size_t ranks = 0;
-  for (auto& ts : batch.targets) {
+  auto& targets = p.batch.targets;
+  plugin->resolve_targets(p.fwd.output, req, p.batch);
+  XCAM_CHECK(static_cast<int64_t>(targets.size()) == B, "plugin '{}' resolved targets for {} of {} samples",
+             opt.plugin, targets.size(), B);
+  // Every view explains the targets resolved on the reference view.
+  const int64_t ref = static_cast<int64_t>(set.reference);
+  for (int64_t v = 0; v < V; ++v)
+    if (v != ref)
+      for (int64_t b = 0; b < B0; ++b) targets[v * B0 + b] = targets[ref * B0 + b];
+  for (auto& ts : targets) {
     XCAM_CHECK(!ts.empty(), "plugin '{}' resolved no target for a sample", opt.plugin);
-    ranks = std::max(ranks, ts.size());
+    p.ranks = std::max(p.ranks, ts.size());
   }
-  for (auto& ts : batch.targets)
-    while (ts.size() < ranks) {
+  for (auto& ts : targets)
+    while (ts.size() < p.ranks) {
       ts.push_back(ts.back());
       ts.back().padding = true;
     }
+  return p;
+}
 
-  const size_t L = layers.size();
+std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std::vector<std::string>& ids,
+                                            const std::vector<std::vector<std::string>>& requests,
+                                            StageTimes* times) {
   const int64_t H = images.size(2), W = images.size(3);
+  const auto set = view_set(H, W);
+  const Pass pass = forward_pass(set, images, ids, requests, times);
   std::vector<MapResult> results;
-  for (size_t r = 0; r < ranks; ++r) {
-    t = Clock::now();
-    std::vector<double> scores;
-    at::Tensor y = plugin->score(fwd.output, batch, r, &scores);
-    XCAM_CHECK(y.dim() == 1 && y.size(0) == B, "plugin '{}' returned scores of shape {} for a batch of {}",
-               opt.plugin, c10::str(y.sizes()), B);
-    std::vector<at::Tensor> grads(L);
-    if (method->gradients)
-      grads = torch::autograd::grad({y.sum()}, fwd.taps, /*grad_outputs=*/{}, /*retain_graph=*/r + 1 < ranks,
-                                    /*create_graph=*/false, /*allow_unused=*/true);
-    times->backward_ms += ms_since(t);
-
-    t = Clock::now();
-    const auto outs = method_maps(fwd, grads, batch, r, y, H, W);
-    const size_t M = outs.size();
-    std::vector<at::Tensor> low(M), status(M);
-    for (size_t l = 0; l < M; ++l) {
-      low[l] = outs[l].lowres.cpu();
-      status[l] = outs[l].status;
-    }
-    at::Tensor maps = outs.back().map;
-    // Several layers: resize each, relu, mean, renormalise. One layer: the
-    // resized map is renormalised too (interpolation moves its extremes off
-    // 0 and 1), as the reference implementation's aggregation does.
-    maps = M > 1 ? kernels::aggregate_layers(low, H, W).map : kernels::minmax_normalize(maps);
-    if (aug) {
-      // pgc's forward_augmentation_smoothing: flip each copy's final map back,
-      // then the plain mean of the six, not renormalised.
-      const auto m6 = maps.view({copies, B0, H, W});
-      auto sum = torch::zeros({B0, H, W}, maps.options());
-      for (int64_t c = 0; c < copies; ++c) sum += kAugmentations[c].flip ? m6[c].flip({2}) : m6[c];
-      maps = sum / static_cast<double>(copies);
-    }
-    maps = maps.cpu().contiguous();
-    times->cam_ms += ms_since(t);
-
-    for (int64_t b0 = 0; b0 < B0; ++b0) {
-      const int64_t b = aug ? kIdentityAugmentation * B0 + b0 : b0;  // the copy that gives target and score
-      const Target& tg = batch.targets[b][r];
-      if (tg.padding) continue;
-      MapResult m;
-      m.image_id = ids[b0];
-      m.rank = r;
-      m.target_label = tg.label;
-      m.target_index = tg.index;
-      m.score = b < static_cast<int64_t>(scores.size()) ? scores[b] : y[b].item<double>();
-      m.height = H;
-      m.width = W;
-      const float* mp = maps.data_ptr<float>() + b0 * H * W;
-      m.map.assign(mp, mp + H * W);
-      for (size_t l = 0; l < M; ++l) {
-        const std::string what = M == L ? "layer '" + layers[l] + "'" : method->name + " of the tapped layers";
-        uint8_t st = 0;  // with aug_smooth: what any of the sample's copies had
-        for (int64_t c = 0; c < copies; ++c) st |= status[l].data_ptr<uint8_t>()[c * B0 + b0];
-        if (st & kernels::kCamNonFinite)
-          m.warnings.push_back(fmt::format("NaN or Inf in the activations or gradients of {}: its map is all zeros",
-                                           what));
-        else if (st & kernels::kCamConstant)
-          m.warnings.push_back(fmt::format("map of {} is constant (zero gradients or an all-negative "
-                                           "weighted sum): written as zeros; try an earlier layer",
-                                           what));
-      }
-      results.push_back(std::move(m));
-    }
-    if (r == 0) lowres.assign(M, LowRes{});
-    for (size_t l = 0; l < M; ++l) {
-      lowres[l].height = low[l].size(1);
-      lowres[l].width = low[l].size(2);
-      const auto c = (aug ? low[l].narrow(0, kIdentityAugmentation * B0, B0) : low[l]).contiguous();
-      lowres[l].per_rank.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-    }
-  }
+  for (size_t r = 0; r < pass.ranks; ++r) rank_maps(pass, set, r, ids, H, W, times, results);
   return results;
+}
+
+void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, size_t r,
+                                const std::vector<std::string>& ids, int64_t H, int64_t W, StageTimes* times,
+                                std::vector<MapResult>& results) {
+  const Batch& batch = pass.batch;
+  const auto& fwd = pass.fwd;
+  const int64_t B0 = static_cast<int64_t>(ids.size()), V = static_cast<int64_t>(set.views.size()), B = B0 * V;
+  auto t = Clock::now();
+  std::vector<double> scores;
+  at::Tensor y = plugin->score(fwd.output, batch, r, &scores);
+  XCAM_CHECK(y.dim() == 1 && y.size(0) == B, "plugin '{}' returned scores of shape {} for a batch of {}", opt.plugin,
+             c10::str(y.sizes()), B);
+  std::vector<at::Tensor> grads(layers.size());
+  if (method->gradients)
+    grads = torch::autograd::grad({y.sum()}, fwd.taps, /*grad_outputs=*/{}, /*retain_graph=*/r + 1 < pass.ranks,
+                                  /*create_graph=*/false, /*allow_unused=*/true);
+  times->backward_ms += ms_since(t);
+
+  t = Clock::now();
+  const auto outs = method_maps(fwd, grads, batch, r, y, H, W);
+  const size_t M = outs.size();
+  std::vector<at::Tensor> low(M), status(M);
+  for (size_t l = 0; l < M; ++l) {
+    low[l] = outs[l].lowres.cpu();
+    status[l] = outs[l].status;
+  }
+  // Several layers: resize each, relu, mean, renormalise. One layer: the
+  // resized map is renormalised too (interpolation moves its extremes off
+  // 0 and 1), as the reference implementation's aggregation does. Then the
+  // views' maps are put back onto the input and combined.
+  at::Tensor maps = M > 1 ? kernels::aggregate_layers(low, H, W).map : kernels::minmax_normalize(outs.back().map);
+  maps = views::combine(set, maps, B0).cpu().contiguous();
+  times->cam_ms += ms_since(t);
+
+  const int64_t ref = static_cast<int64_t>(set.reference);
+  for (int64_t b0 = 0; b0 < B0; ++b0) {
+    const int64_t b = ref * B0 + b0;  // the view that gives target and score
+    const Target& tg = batch.targets[b][r];
+    if (tg.padding) continue;
+    MapResult m;
+    m.image_id = ids[b0];
+    m.rank = r;
+    m.target_label = tg.label;
+    m.target_index = tg.index;
+    m.score = b < static_cast<int64_t>(scores.size()) ? scores[b] : y[b].item<double>();
+    m.height = H;
+    m.width = W;
+    const float* mp = maps.data_ptr<float>() + b0 * H * W;
+    m.map.assign(mp, mp + H * W);
+    for (size_t l = 0; l < M; ++l) {
+      const std::string what =
+          M == layers.size() ? "layer '" + layers[l] + "'" : method->name + " of the tapped layers";
+      uint8_t st = 0;  // what any of the sample's views had
+      for (int64_t v = 0; v < V; ++v) st |= status[l].data_ptr<uint8_t>()[v * B0 + b0];
+      if (st & kernels::kCamNonFinite)
+        m.warnings.push_back(fmt::format("NaN or Inf in the activations or gradients of {}: its map is all zeros",
+                                         what));
+      else if (st & kernels::kCamConstant)
+        m.warnings.push_back(fmt::format("map of {} is constant (zero gradients or an all-negative weighted sum): "
+                                         "written as zeros; try an earlier layer",
+                                         what));
+    }
+    results.push_back(std::move(m));
+  }
+  if (r == 0) lowres.assign(M, LowRes{});
+  for (size_t l = 0; l < M; ++l) {
+    lowres[l].height = low[l].size(1);
+    lowres[l].width = low[l].size(2);
+    const auto c = low[l].narrow(0, ref * B0, B0).contiguous();
+    lowres[l].per_rank.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+  }
 }
 
 std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const TappedForward::Result& fwd,

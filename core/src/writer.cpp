@@ -135,7 +135,9 @@ void write_results(const std::string& dir, const std::vector<ItemRecord>& record
 }
 
 std::string method_label(const ExplainerOptions& o) {
-  return o.method + (o.aug_smooth ? "+aug" : "") + (o.eigen_smooth ? "+eigen" : "");
+  std::string label = o.method + (o.aug_smooth ? "+aug" : "") + (o.eigen_smooth ? "+eigen" : "");
+  if (o.crops.rows > 0) label += fmt::format("+crops{}x{}o{}", o.crops.rows, o.crops.cols, o.crops.overlap);
+  return label;
 }
 
 std::string safe_name(const std::string& s) {

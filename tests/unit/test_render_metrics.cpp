@@ -191,6 +191,15 @@ TEST(Yaml, PluginOptionsAreTypedAndAttentionIsRead) {
   EXPECT_EQ(j, nlohmann::json::parse(R"({"k": 3, "ratio": 0.25, "flag": true, "quoted": "3", "name": "probability",
                                          "list": [1, "two"], "nested": {"a": null, "b": [false]}})"))
       << j.dump();
+  const auto crops = xcam::load_experiment(
+      write_yaml(tmp, "model: m.pt\ninputs: " + images + "\ncrops: {grid: [2, 3], overlap: 0.5}\n"));
+  EXPECT_EQ(crops.explainer.crops.rows, 2);
+  EXPECT_EQ(crops.explainer.crops.cols, 3);
+  EXPECT_DOUBLE_EQ(crops.explainer.crops.overlap, 0.5);
+  EXPECT_EQ(xcam::method_label(crops.explainer), "gradcam+crops2x3o0.5");
+  const auto both = error_of(
+      write_yaml(tmp, "model: m.pt\ninputs: " + images + "\naug_smooth: true\ncrops: {grid: [2, 2]}\n"));
+  EXPECT_NE(both.find("choose one of them"), std::string::npos) << both;
   const auto& a = cfg.explainer.attention;
   EXPECT_EQ(a.patch_h, 16);
   EXPECT_EQ(a.patch_w, 8);

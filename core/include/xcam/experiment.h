@@ -121,7 +121,7 @@ void write_results(const std::string& dir, const std::vector<ItemRecord>& record
 void print_summary(const RunSummary& s, bool pointing = true);
 
 // The method as results and output directories name it: smoothing options
-// are part of it ("gradcam+aug+eigen").
+// and crop views are part of it ("gradcam+aug+eigen", "gradcam+crops2x2o0.25").
 std::string method_label(const ExplainerOptions& o);
 
 // A label as output file and directory names use it: letters, digits, '-'

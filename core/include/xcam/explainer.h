@@ -57,6 +57,15 @@ struct ExplainerOptions {
   // the first principal component of the per-channel terms instead of their
   // sum (ignored by eigencam / eigengradcam, which are projections already).
   bool aug_smooth = false, eigen_smooth = false;
+  // Crops as views: a rows x cols grid of crops of the (preprocessed) input,
+  // neighbours overlapping by `overlap` of the crop size, each explained at
+  // the model's size in the same batched forward as the whole input (whose
+  // targets they explain); their maps go back onto the input, overlaps
+  // averaged, then min-max normalised. rows 0: off. Not with aug_smooth.
+  struct Crops {
+    int64_t rows = 0, cols = 0;
+    double overlap = 0.25;
+  } crops;
   AttentionOptions attention;  // attention, rollout, relevancy
 };
 
