@@ -140,27 +140,11 @@ std::string resolve(const std::string& base, const std::string& p) {
 
 }  // namespace
 
-ExperimentConfig load_experiment(const std::string& path) {
-  XCAM_CHECK(fs::exists(path), "experiment file '{}' does not exist", path);
-  Yaml y{path};
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::Exception& e) {
-    XCAM_THROW("{}:{}: invalid YAML: {}", path, e.mark.line + 1, e.msg);
-  }
-  if (!root.IsMap()) y.fail(root, "an experiment is a mapping with at least model, layers and inputs");
-  y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
-                                       "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
-                                       "threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "winograd",
-                                       "attention", "crops", "outputs", "compare"});
-  const std::string base = fs::path(path).parent_path().string();
-  ExperimentConfig c;
-  c.file = path;
-  c.name = root["name"] ? y.as<std::string>(root["name"], "name", "a string") : fs::path(path).stem().string();
+namespace {
 
+// model, plugin, labels, preprocessing and the options of every explanation.
+void load_explainer(const Yaml& y, const YAML::Node& root, const std::string& base, ExplainerOptions& e) {
   if (!root["model"]) y.fail(root, "missing key 'model': the TorchScript file to explain");
-  auto& e = c.explainer;
   e.model = resolve(base, y.as<std::string>(root["model"], "model", "a file path"));
   if (root["plugin"]) e.plugin = y.as<std::string>(root["plugin"], "plugin", "a plugin name");
   if (root["plugin_dirs"])
@@ -203,6 +187,10 @@ ExperimentConfig load_experiment(const std::string& path) {
     if (e.aug_smooth) y.fail(cr, "crops and aug_smooth are two view sets; choose one of them");
   }
 
+}
+
+// layers (layer sets), methods and targets.
+void load_runs(const Yaml& y, const YAML::Node& root, ExperimentConfig& c) {
   if (const auto& layers = root["layers"]) {
     if (layers.IsScalar()) {
       c.layer_sets.push_back({layers.as<std::string>()});
@@ -222,6 +210,10 @@ ExperimentConfig load_experiment(const std::string& path) {
   }
   c.targets = root["targets"] ? y.strings(root["targets"], "targets") : std::vector<std::string>{"top1"};
 
+}
+
+// inputs (images and boxes), batch size and threads.
+void load_inputs(const Yaml& y, const YAML::Node& root, const std::string& base, ExperimentConfig& c) {
   if (!root["inputs"]) y.fail(root, "missing key 'inputs' (images: a glob, a list or a list file)");
   const auto& in = root["inputs"];
   std::vector<std::string> patterns;
@@ -243,6 +235,10 @@ ExperimentConfig load_experiment(const std::string& path) {
   }
   if (root["threads"]) c.threads = y.as<int>(root["threads"], "threads", "an integer (0: all cores)");
 
+}
+
+// outputs: directory, what is saved, colormap and alpha.
+void load_outputs(const Yaml& y, const YAML::Node& root, const std::string& base, ExperimentConfig& c) {
   c.outputs.dir = resolve(base, "../out/" + c.name);
   if (const auto& o = root["outputs"]) {
     y.only_keys(o, "outputs", {"dir", "save", "colormap", "alpha"});
@@ -270,39 +266,69 @@ ExperimentConfig load_experiment(const std::string& path) {
     }
   }
 
-  if (const auto& cmp = root["compare"]) {
-    // `compare: true` (or an empty mapping) takes every default; false is off.
-    if (cmp.IsScalar() && !cmp.Scalar().empty()) {
-      if (y.as<bool>(cmp, "compare", "true, false or a mapping (sort_by, steps, chunk, grid)")) c.compare.emplace();
-    } else if (cmp.IsNull()) {
-      c.compare.emplace();
-    } else {
-      y.only_keys(cmp, "compare", {"sort_by", "steps", "chunk", "grid"});
-      auto& k = c.compare.emplace();
-      if (cmp["sort_by"]) {
-        k.sort_by = y.as<std::string>(cmp["sort_by"], "sort_by", "a metric name");
-        try {
-          check_compare_metric(k.sort_by);
-        } catch (const Error& err) {
-          y.fail(cmp["sort_by"], err.what());
-        }
+}
+
+// compare: `true`, an empty mapping, or sort_by, steps, chunk, grid.
+void load_compare(const Yaml& y, const YAML::Node& cmp, ExperimentConfig& c) {
+  // `compare: true` (or an empty mapping) takes every default; false is off.
+  if (cmp.IsScalar() && !cmp.Scalar().empty()) {
+    if (y.as<bool>(cmp, "compare", "true, false or a mapping (sort_by, steps, chunk, grid)")) c.compare.emplace();
+  } else if (cmp.IsNull()) {
+    c.compare.emplace();
+  } else {
+    y.only_keys(cmp, "compare", {"sort_by", "steps", "chunk", "grid"});
+    auto& k = c.compare.emplace();
+    if (cmp["sort_by"]) {
+      k.sort_by = y.as<std::string>(cmp["sort_by"], "sort_by", "a metric name");
+      try {
+        check_compare_metric(k.sort_by);
+      } catch (const Error& err) {
+        y.fail(cmp["sort_by"], err.what());
       }
-      if (cmp["steps"]) {
-        k.faithfulness.steps = y.as<int64_t>(cmp["steps"], "steps", "an integer (0: the default)");
-        if (k.faithfulness.steps < 0) y.fail(cmp["steps"], "key 'steps' must be at least 0 (0: round(sqrt(H * W)))");
-      }
-      if (cmp["chunk"]) {
-        k.faithfulness.chunk = y.as<int64_t>(cmp["chunk"], "chunk", "a positive integer");
-        if (k.faithfulness.chunk < 1) y.fail(cmp["chunk"], "key 'chunk' must be at least 1");
-      }
-      if (cmp["grid"]) k.grid = y.as<bool>(cmp["grid"], "grid", "true or false");
-      if ((k.sort_by == "pointing" || k.sort_by == "energy") && c.boxes.empty())
-        y.fail(cmp["sort_by"], fmt::format("sort_by: {} needs inputs.boxes (the ground-truth boxes file)", k.sort_by));
     }
-    if (c.compare && c.compare->grid && !c.outputs.save_map && !c.outputs.save_overlay)
-      y.fail(cmp, "compare.grid needs outputs.save to include map or overlay (the grid's tiles); add one, or set "
-                  "grid: false");
+    if (cmp["steps"]) {
+      k.faithfulness.steps = y.as<int64_t>(cmp["steps"], "steps", "an integer (0: the default)");
+      if (k.faithfulness.steps < 0) y.fail(cmp["steps"], "key 'steps' must be at least 0 (0: round(sqrt(H * W)))");
+    }
+    if (cmp["chunk"]) {
+      k.faithfulness.chunk = y.as<int64_t>(cmp["chunk"], "chunk", "a positive integer");
+      if (k.faithfulness.chunk < 1) y.fail(cmp["chunk"], "key 'chunk' must be at least 1");
+    }
+    if (cmp["grid"]) k.grid = y.as<bool>(cmp["grid"], "grid", "true or false");
+    if ((k.sort_by == "pointing" || k.sort_by == "energy") && c.boxes.empty())
+      y.fail(cmp["sort_by"], fmt::format("sort_by: {} needs inputs.boxes (the ground-truth boxes file)", k.sort_by));
   }
+  if (c.compare && c.compare->grid && !c.outputs.save_map && !c.outputs.save_overlay)
+    y.fail(cmp, "compare.grid needs outputs.save to include map or overlay (the grid's tiles); add one, or set "
+                "grid: false");
+}
+
+}  // namespace
+
+ExperimentConfig load_experiment(const std::string& path) {
+  XCAM_CHECK(fs::exists(path), "experiment file '{}' does not exist", path);
+  Yaml y{path};
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    XCAM_THROW("{}:{}: invalid YAML: {}", path, e.mark.line + 1, e.msg);
+  }
+  if (!root.IsMap()) y.fail(root, "an experiment is a mapping with at least model, layers and inputs");
+  y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
+                                       "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
+                                       "threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "winograd",
+                                       "attention", "crops", "outputs", "compare"});
+  const std::string base = fs::path(path).parent_path().string();
+  ExperimentConfig c;
+  c.file = path;
+  c.name = root["name"] ? y.as<std::string>(root["name"], "name", "a string") : fs::path(path).stem().string();
+
+  load_explainer(y, root, base, c.explainer);
+  load_runs(y, root, c);
+  load_inputs(y, root, base, c);
+  load_outputs(y, root, base, c);
+  if (const auto& cmp = root["compare"]) load_compare(y, cmp, c);
   return c;
 }
 

@@ -210,15 +210,10 @@ struct TappedForward::Impl {
     return result;
   }
 
-  // A copy of forward with the calls on the way to the taps inlined; the value
-  // of each requested tap, in request order.
-  std::vector<Value*> inline_taps(const std::shared_ptr<Graph>& graph) {
-    work = graph.get();
-    path_cache.clear();
-    inlined_args.clear();
+  // The tapped module paths; an unknown one is refused with the closest names.
+  std::set<std::string> wanted_paths() {
     if (modules.empty())
       for (const auto& item : model->module().named_modules()) modules.emplace(item.name, item.value);
-
     std::set<std::string> wanted;
     for (const auto& t : taps) {
       if (!modules.count(t.path)) {
@@ -232,18 +227,23 @@ struct TappedForward::Impl {
       }
       wanted.insert(t.path);
     }
+    return wanted;
+  }
 
+  // Inlines, one level at a time, the calls of modules on the way to a
+  // tapped path (and helper methods on them). Returns the values that are
+  // the outputs of inlined calls of tapped modules, with their paths.
+  std::unordered_multimap<Value*, std::string> inline_on_the_way(Graph& graph, const std::set<std::string>& wanted) {
     auto on_the_way = [&](const std::string& p) {
       for (const auto& w : wanted)
         if (p.empty() || w.compare(0, p.size() + 1, p + ".") == 0) return true;
       return false;
     };
 
-    // Values that are the output of an inlined call to a tapped module.
     std::unordered_multimap<Value*, std::string> tagged;
     for (bool progress = true; progress;) {
       progress = false;
-      for (Node* n : graph->nodes()) {
+      for (Node* n : graph.nodes()) {
         if (n->kind() != prim::CallMethod) continue;
         const auto p = path_of(n->input(0));
         if (!p) continue;
@@ -272,6 +272,43 @@ struct TappedForward::Impl {
         break;
       }
     }
+    return tagged;
+  }
+
+  // Op taps: the tapped module's call inlined now, one level, and the nodes
+  // it brought in, per (path, call) once.
+  std::map<std::pair<std::string, size_t>, std::vector<Node*>> inline_op_calls(
+      Graph& graph, std::map<std::string, std::vector<Value*>>& calls, const std::vector<size_t>& call_of) {
+    std::map<std::pair<std::string, size_t>, std::vector<Node*>> bodies;
+    for (size_t i = 0; i < taps.size(); ++i) {
+      const auto& t = taps[i];
+      if (t.part != TapPoint::Part::op || bodies.count({t.path, call_of[i]})) continue;
+      Value*& out = calls[t.path][call_of[i]];
+      Node* call = out->node();
+      XCAM_CHECK(call->kind() == prim::CallMethod,
+                 "layer '{}' in {}: the ops inside '{}' cannot be tapped together with a module inside it; tap "
+                 "them in separate runs",
+                 t.text, model->path(), t.path);
+      std::set<Node*> before(graph.nodes().begin(), graph.nodes().end());
+      before.erase(call);
+      auto& fn = torch::jit::toGraphFunction(modules.at(t.path).get_method(call->s(attr::name)).function());
+      out = torch::jit::inlineCallTo(call, &fn, fn.graph().get()).at(0);
+      path_cache.clear();
+      auto& body = bodies[{t.path, call_of[i]}];
+      for (Node* n : graph.nodes())
+        if (!before.count(n)) body.push_back(n);
+    }
+    return bodies;
+  }
+
+  // A copy of forward with the calls on the way to the taps inlined; the value
+  // of each requested tap, in request order.
+  std::vector<Value*> inline_taps(const std::shared_ptr<Graph>& graph) {
+    work = graph.get();
+    path_cache.clear();
+    inlined_args.clear();
+    const std::set<std::string> wanted = wanted_paths();
+    const auto tagged = inline_on_the_way(*graph, wanted);
 
     // Occurrences of each tapped module, in execution order.
     std::map<std::string, std::vector<Value*>> calls;
@@ -287,27 +324,7 @@ struct TappedForward::Impl {
     std::vector<size_t> call_of;  // per request: which occurrence
     for (const auto& t : taps) call_of.push_back(occurrence(t, calls[t.path], *graph));
 
-    // Op taps: the module's call inlined now, one level, and its own nodes
-    // searched; per (path, call) once.
-    std::map<std::pair<std::string, size_t>, std::vector<Node*>> bodies;
-    for (size_t i = 0; i < taps.size(); ++i) {
-      const auto& t = taps[i];
-      if (t.part != TapPoint::Part::op || bodies.count({t.path, call_of[i]})) continue;
-      Value*& out = calls[t.path][call_of[i]];
-      Node* call = out->node();
-      XCAM_CHECK(call->kind() == prim::CallMethod,
-                 "layer '{}' in {}: the ops inside '{}' cannot be tapped together with a module inside it; tap "
-                 "them in separate runs",
-                 t.text, model->path(), t.path);
-      std::set<Node*> before(graph->nodes().begin(), graph->nodes().end());
-      before.erase(call);
-      auto& fn = torch::jit::toGraphFunction(modules.at(t.path).get_method(call->s(attr::name)).function());
-      out = torch::jit::inlineCallTo(call, &fn, fn.graph().get()).at(0);
-      path_cache.clear();
-      auto& body = bodies[{t.path, call_of[i]}];
-      for (Node* n : graph->nodes())
-        if (!before.count(n)) body.push_back(n);
-    }
+    const auto bodies = inline_op_calls(*graph, calls, call_of);
 
     std::vector<Value*> chosen;
     std::unordered_map<Value*, std::vector<Value*>> unpacked;
