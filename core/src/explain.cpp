@@ -107,6 +107,7 @@ struct Explainer::Impl {
   std::vector<std::string> labels;
   std::vector<std::string> layers;
   std::shared_ptr<PluginLibrary> library;
+  uint32_t plugin_minor = 0;  // the plugin's abi_minor: hooks added after it are not called
   std::unique_ptr<ArchPlugin, void (*)(ArchPlugin*)> plugin{nullptr, nullptr};
   XcamHost host{};
   Model model;
@@ -142,11 +143,11 @@ struct Explainer::Impl {
                                               int64_t W);
   // Token scores B x N of an attention method on the patch grid: B x gh x gw.
   at::Tensor token_grid(const at::Tensor& tokens, int64_t H, int64_t W) const;
-  // The batch's sample b repeated n times, prepared for the model.
+  // The batch's sample b, target `rank`, on `images` (n perturbed copies),
+  // through the plugin's perturbation_batch() and prepare().
   Batch repeat_sample(const Batch& batch, int64_t b, size_t rank, const at::Tensor& images);
-  // `images` (n x 3 x H x W) with one target for all, prepared for the model.
-  Batch single_target(const at::Tensor& images, const Target& target, const std::string& id,
-                      const Batch* like = nullptr);
+  // `images` (n x 3 x H x W) of sample `id` with one target for all, prepared for the model.
+  Batch single_target(const at::Tensor& images, const Target& target, const std::string& id);
   // The plugin's readable score (probability) of `target` on each image.
   std::vector<double> probabilities(const at::Tensor& images, const Target& target, const std::string& id);
   std::vector<Faithfulness> faithfulness(const std::vector<float>& nchw, int64_t batch,
@@ -207,7 +208,11 @@ void Explainer::Impl::init(ExplainerOptions options) {
   if (m.opt.width > 0) m.pre.width = m.opt.width;
   if (m.opt.mean) m.pre.mean = *m.opt.mean;
   if (m.opt.std) m.pre.std = *m.opt.std;
+  m.plugin_minor = d.abi_minor;
   m.layers = m.opt.layers.empty() ? m.plugin->default_layers(m.model.module()) : m.opt.layers;
+  const auto aliases = m.plugin->layer_aliases();
+  for (auto& l : m.layers)
+    if (const auto it = aliases.find(l); it != aliases.end()) l = it->second;
   m.tapped = std::make_unique<TappedForward>(m.model, m.layers);
 }
 
@@ -276,6 +281,12 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
   p.batch.labels = labels;
   p.batch.images = views::apply(set, images);
   for (int64_t v = 0; v < V; ++v) p.batch.ids.insert(p.batch.ids.end(), ids.begin(), ids.end());
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t b0 = b % B0;
+    Sample s{ids[b0], {{"image", p.batch.images[b]}}};
+    s.requests = requests.empty() || requests[b0].empty() ? opt.targets : requests[b0];
+    p.batch.samples.push_back(std::move(s));
+  }
 
   const auto t = Clock::now();
   plugin->prepare(model.module(), p.batch);
@@ -284,11 +295,7 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
   times->forward_ms = ms_since(t);
 
   TargetRequest req;
-  req.per_sample.resize(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t b0 = b % B0;
-    req.per_sample[b] = requests.empty() || requests[b0].empty() ? opt.targets : requests[b0];
-  }
+  for (const auto& sample : p.batch.samples) req.per_sample.push_back(sample.requests);
   auto& targets = p.batch.targets;
   plugin->resolve_targets(p.fwd.output, req, p.batch);
   XCAM_CHECK(static_cast<int64_t>(targets.size()) == B, "plugin '{}' resolved targets for {} of {} samples",
@@ -364,6 +371,8 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
     m.rank = r;
     m.target_label = tg.label;
     m.target_index = tg.index;
+    m.target = tg;
+    if (plugin_minor >= 1) m.meta = plugin->metadata(fwd.output, batch, b);  // ABI 2.1
     m.score = b < static_cast<int64_t>(scores.size()) ? scores[b] : y[b].item<double>();
     m.height = H;
     m.width = W;
@@ -487,21 +496,26 @@ torch::jit::Module& Explainer::Impl::inference_model() {
   return *fast;
 }
 
-Batch Explainer::Impl::single_target(const at::Tensor& images, const Target& target, const std::string& id,
-                                     const Batch* like) {
+Batch Explainer::Impl::single_target(const at::Tensor& images, const Target& target, const std::string& id) {
   Batch out;
   const auto n = static_cast<size_t>(images.size(0));
   out.images = images;
   out.labels = labels;
-  if (like) out.extras = like->extras;
   out.targets.assign(n, {target});
   out.ids.assign(n, id);
+  for (size_t i = 0; i < n; ++i) out.samples.push_back(Sample{id, {{"image", images[static_cast<int64_t>(i)]}}});
   plugin->prepare(model.module(), out);
   return out;
 }
 
 Batch Explainer::Impl::repeat_sample(const Batch& batch, int64_t b, size_t rank, const at::Tensor& images) {
-  return single_target(images, batch.targets[b][rank], batch.ids[b], &batch);
+  Batch out = plugin->perturbation_batch(batch, b, rank, images);
+  XCAM_CHECK(out.images.defined() && out.images.size(0) == images.size(0) &&
+                 static_cast<int64_t>(out.targets.size()) == images.size(0),
+             "plugin '{}': perturbation_batch() must return the {} perturbed images, each with one target",
+             opt.plugin, images.size(0));
+  plugin->prepare(model.module(), out);
+  return out;
 }
 
 std::vector<double> Explainer::Impl::probabilities(const at::Tensor& images, const Target& target,
@@ -594,9 +608,13 @@ std::vector<Faithfulness> Explainer::Impl::faithfulness(const std::vector<float>
       if (i0 < i1) parts.push_back(torch::where(states(i0 - n - 3, i1 - n - 3), x.unsqueeze(0), blurred[b].unsqueeze(0)));
       return torch::cat(parts, 0);
     };
-    Target t;
-    t.index = mr.target_index;
-    t.label = mr.target_label;
+    // The map's whole target, payload included; maps made elsewhere may
+    // give only the class index and label.
+    Target t = mr.target;
+    if (t.index < 0 && t.label.empty()) {
+      t.index = mr.target_index;
+      t.label = mr.target_label;
+    }
     std::vector<double> probs;
     probs.reserve(static_cast<size_t>(total));
     for (int64_t j0 = 0; j0 < total; j0 += o.chunk) {
@@ -676,6 +694,10 @@ void Explainer::forward_only(const std::vector<float>& nchw, int64_t batch, Stag
   torch::NoGradGuard no_grad;
   Batch b;
   b.images = images;
+  for (int64_t i = 0; i < batch; ++i) {
+    b.ids.push_back("bench" + std::to_string(i));
+    b.samples.push_back(Sample{b.ids.back(), {{"image", images[i]}}, "", m.opt.targets});
+  }
   host_errors([&] { m.plugin->prepare(m.model.module(), b); });
   auto out = m.model.module().forward(b.inputs);
   if (times) times->forward_ms = ms_since(t);

@@ -77,6 +77,11 @@ std::shared_ptr<PluginLibrary> PluginLibrary::open(const std::string& file) {
              file, XCAM_PLUGIN_ENTRY_NAME);
   const XcamPluginDescriptor* d = entry();
   XCAM_CHECK(d != nullptr, "plugin '{}': {}() returned no descriptor", file, XCAM_PLUGIN_ENTRY_NAME);
+  XCAM_CHECK(d->abi_major != 1,
+             "plugin '{}' refused: it was built for plugin ABI 1.{}, and this xcam speaks ABI {}.{}: prepare() now "
+             "sees whole samples and targets carry a payload (plugins/README.md, \"From ABI 1\"); rebuild the "
+             "plugin against this xcam's plugin.h",
+             file, d->abi_minor, XCAM_PLUGIN_ABI_MAJOR, XCAM_PLUGIN_ABI_MINOR);
   XCAM_CHECK(d->abi_major == XCAM_PLUGIN_ABI_MAJOR,
              "plugin '{}' refused: incompatible ABI major version (plugin: {}, host: {}); rebuild the plugin "
              "against this xcam",

@@ -38,7 +38,7 @@ json to_json(const ItemRecord& r) {
          {"target", r.target}, {"target_index", r.target_index}, {"rank", r.rank},
          {"score", r.score},   {"status", r.status},       {"forward_ms", r.forward_ms},
          {"backward_ms", r.backward_ms}, {"cam_ms", r.cam_ms}, {"outputs", r.outputs},
-         {"warnings", r.warnings}};
+         {"warnings", r.warnings}, {"meta", r.meta}};
   auto opt = [](const auto& v) { return v ? json(*v) : json(nullptr); };
   j["pointing_hit"] = opt(r.pointing_hit);
   j["centre_hit"] = opt(r.centre_hit);
@@ -66,6 +66,7 @@ ItemRecord from_json(const json& j) {
   r.cam_ms = j.at("cam_ms");
   r.outputs = j.at("outputs").get<std::vector<std::string>>();
   r.warnings = j.at("warnings").get<std::vector<std::string>>();
+  if (j.contains("meta") && j["meta"].is_object()) r.meta = j["meta"].get<std::map<std::string, std::string>>();
   auto number = [&](const char* key) {
     return j.contains(key) && !j[key].is_null() ? std::optional<double>(j[key].get<double>()) : std::nullopt;
   };
@@ -330,6 +331,7 @@ struct Writer {
     r.backward_ms = t.backward_ms / n;
     r.cam_ms = t.cam_ms / n;
     r.warnings = m.warnings;
+    r.meta = m.meta;
     if (f) {
       r.deletion = f->deletion;
       r.insertion = f->insertion;

@@ -79,6 +79,7 @@ struct ItemRecord {
   std::optional<double> deletion, insertion, drop;
   std::optional<bool> increase;
   std::vector<std::string> outputs, warnings;
+  std::map<std::string, std::string> meta;  // the plugin's facts about the sample (caption, answer, ...)
 };
 
 struct RunOptions {

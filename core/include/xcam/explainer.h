@@ -6,12 +6,14 @@
 #include <opencv2/core.hpp>
 
 #include <array>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "xcam/image.h"
+#include "xcam/target.h"
 
 namespace xcam {
 
@@ -84,6 +86,8 @@ struct MapResult {
   int64_t height = 0, width = 0;  // model input size
   std::vector<float> map;      // height x width, in [0, 1]
   std::vector<std::string> warnings;  // constant map, NaN/Inf, ...
+  Target target;               // the whole target (kind, payload, ...), as the plugin resolved it
+  std::map<std::string, std::string> meta;  // the plugin's facts about the sample (ABI 2.1 plugins)
 };
 
 // Faithfulness metrics of SPEC section 5 for one map. "Probability" is the

@@ -11,6 +11,9 @@
 //     tokens' log-probabilities.
 // Versioning: virtual functions are only ever appended; the host calls one
 // added in minor m only when the plugin's descriptor reports abi_minor >= m.
+// ABI 2.0 (from 1.x): prepare() sees whole samples (Batch::samples), Target
+// carries `explains` and a payload, and the hooks layer_aliases() and
+// perturbation_batch(). 2.1: metadata().
 #pragma once
 
 #include <torch/script.h>
@@ -24,23 +27,27 @@
 #include "xcam/error.h"
 #include "xcam/plugin_abi.h"
 #include "xcam/preprocess.h"
+#include "xcam/target.h"
 
 namespace xcam {
 
-// One resolved target of one sample.
-struct Target {
-  std::string kind = "class";   // class | similarity | token | answer (plugin-defined)
-  int64_t index = -1;           // class index or token id
-  int64_t step = -1;            // sequence position, for token targets
-  std::vector<int64_t> tokens;  // the answer's tokens, for answer targets
-  std::string label;            // readable name: file names, titles
-  bool padding = false;         // set by the runtime: a copy that fills a short list, not reported
+// One sample: what a plugin's prepare() sees of each row of a batch.
+struct Sample {
+  std::string id;
+  // Named images, each 3 x H x W preprocessed float32: "image" (the one maps
+  // are drawn on) always; others ("query", "reference") where the inputs
+  // name them.
+  std::map<std::string, at::Tensor> images;
+  std::string text;                         // a prompt; empty when none
+  std::vector<std::string> requests;        // its target requests as written
+  std::map<std::string, std::string> meta;  // from the inputs (a manifest line's other keys)
 };
 
 // A batch on its way through the runtime.
 struct Batch {
-  at::Tensor images;                     // B x 3 x H x W, preprocessed, float32
+  at::Tensor images;                     // B x 3 x H x W, preprocessed, float32: each sample's "image"
   std::vector<std::string> ids;          // one id per sample (image file stem)
+  std::vector<Sample> samples;           // one per row, in order
   std::vector<c10::IValue> inputs;       // the model's forward inputs (prepare())
   std::vector<std::vector<Target>> targets;  // [sample][rank]; the runtime pads to equal counts
   std::vector<std::string> labels;       // class names, empty if none were given
@@ -90,6 +97,58 @@ class ArchPlugin {
                "maps tokens to a grid",
                layer, tapped.dim(), c10::str(tapped.sizes()));
     return tapped;
+  }
+
+  // ---- ABI 2.0 ----
+
+  // Names users may give as layers, each for a tap (docs/yaml.md syntax):
+  // re-ID's {"mim": "mim.cross_attn/softmax", "vit_last": "encoder.layers.11", ...}.
+  virtual std::map<std::string, std::string> layer_aliases() const { return {}; }
+
+  // The batch a perturbation path explains again: `images` (n x 3 x H x W,
+  // perturbed copies of sample b's "image") standing for sample b, every
+  // copy with target `rank` of sample b. The host calls prepare() on it
+  // afterwards. The default copies the sample (its other images, text,
+  // requests), the labels, and the extras, each tensor whose first dimension
+  // is the batch's size cut to row b and repeated n times. A plugin whose
+  // decode() left state elsewhere (a caption's token sequence) rebuilds it
+  // here.
+  virtual Batch perturbation_batch(const Batch& batch, int64_t b, size_t rank, const at::Tensor& images) const {
+    Batch out;
+    const int64_t n = images.size(0), B = static_cast<int64_t>(batch.ids.size());
+    out.images = images;
+    out.labels = batch.labels;
+    out.ids.assign(static_cast<size_t>(n), batch.ids.at(b));
+    if (static_cast<int64_t>(batch.samples.size()) > b) {
+      Sample s = batch.samples[b];
+      out.samples.reserve(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) {
+        s.images["image"] = images[i];
+        out.samples.push_back(s);
+      }
+    }
+    out.targets.assign(static_cast<size_t>(n), {batch.targets.at(b).at(rank)});
+    for (auto& ts : out.targets) ts.front().padding = false;
+    for (const auto& [key, value] : batch.extras) {
+      if (value.isTensor() && value.toTensor().dim() > 0 && value.toTensor().size(0) == B) {
+        const auto row = value.toTensor()[b].unsqueeze(0);
+        std::vector<int64_t> reps(static_cast<size_t>(row.dim()), 1);
+        reps[0] = n;
+        out.extras[key] = row.repeat(reps);
+      } else {
+        out.extras[key] = value;
+      }
+    }
+    return out;
+  }
+
+  // ---- ABI 2.1 ----
+
+  // Per-sample facts for the records (a caption, an answer, a similarity, a
+  // rank), as strings; written under "meta" of each of the sample's records.
+  virtual std::map<std::string, std::string> metadata(const c10::IValue& output, const Batch& batch,
+                                                      int64_t b) const {
+    return {};
   }
 };
 

@@ -1,0 +1,91 @@
+// A small classifier plugin that uses the ABI 2 hooks, built twice: as ABI
+// 2.0 (PLUGIN_MINOR=0) and 2.1. It names layer "last" (an alias of block4),
+// puts a payload on its targets, keeps per-sample state in the extras that
+// its score reads (a factor per sample, set once by prepare()), and reports
+// metadata (2.1). The host must call metadata() only on the 2.1 build and
+// carry the per-sample state into the perturbation paths.
+#include <torch/version.h>
+
+#include "xcam/plugin.h"
+
+#ifndef PLUGIN_MINOR
+#define PLUGIN_MINOR XCAM_PLUGIN_ABI_MINOR
+#endif
+
+namespace {
+
+class ClassifierPlugin final : public xcam::ArchPlugin {
+ public:
+  ClassifierPlugin(const XcamHost*, const char*) {}
+  xcam::Preprocess preprocess() const override {
+    xcam::Preprocess p;
+    p.height = p.width = 128;
+    return p;
+  }
+  std::vector<std::string> default_layers(const torch::jit::Module&) const override { return {"block4"}; }
+  std::map<std::string, std::string> layer_aliases() const override { return {{"last", "block4"}}; }
+
+  // The factor of a sample: 1 + its position's parity, fixed when the batch
+  // is first prepared; a perturbation batch must carry it (sliced to the sample).
+  void prepare(torch::jit::Module&, xcam::Batch& b) const override {
+    b.inputs = {b.images};
+    const int64_t B = b.images.size(0);
+    XCAM_CHECK(static_cast<int64_t>(b.samples.size()) == B, "{} samples for {} images", b.samples.size(), B);
+    if (!b.extras.count("factor")) {
+      std::vector<float> f;
+      for (const auto& s : b.samples) f.push_back(s.id.back() % 2 == 0 ? 1.f : 3.f);
+      b.extras["factor"] = torch::tensor(f);
+    }
+    XCAM_CHECK(b.extras.at("factor").toTensor().size(0) == B, "factor of {} rows for a batch of {}",
+               b.extras.at("factor").toTensor().size(0), B);
+  }
+
+  void resolve_targets(const c10::IValue& output, const xcam::TargetRequest& req, xcam::Batch& b) const override {
+    const auto logits = output.toTensor().detach();
+    b.targets.assign(req.per_sample.size(), {});
+    for (size_t i = 0; i < req.per_sample.size(); ++i) {
+      xcam::Target t;
+      const auto& r = req.per_sample[i].at(0);
+      t.index = r == "top1" ? logits[static_cast<int64_t>(i)].argmax().item<int64_t>() : std::stoll(r);
+      t.label = "class" + std::to_string(t.index);
+      t.explains = "class " + std::to_string(t.index) + " of " + b.samples.at(i).id;
+      t.payload["sample"] = b.samples.at(i).id;
+      b.targets[i].push_back(t);
+    }
+  }
+
+  at::Tensor score(const c10::IValue& output, const xcam::Batch& b, size_t rank,
+                   std::vector<double>* scores) const override {
+    const auto logits = output.toTensor();
+    std::vector<int64_t> idx;
+    for (const auto& ts : b.targets) {
+      XCAM_CHECK(ts.at(rank).payload.count("sample"), "target without its payload");
+      idx.push_back(ts.at(rank).index);
+    }
+    const auto y = logits.gather(1, torch::tensor(idx).unsqueeze(1)).squeeze(1) * b.extras.at("factor").toTensor();
+    if (scores) {
+      const auto p = logits.detach().softmax(1).gather(1, torch::tensor(idx).unsqueeze(1)).squeeze(1).to(torch::kDouble);
+      scores->assign(p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
+    }
+    return y;
+  }
+
+  std::map<std::string, std::string> metadata(const c10::IValue& output, const xcam::Batch& b,
+                                              int64_t i) const override {
+    return {{"hook", "metadata"}, {"top", std::to_string(output.toTensor()[i].argmax().item<int64_t>())}};
+  }
+};
+
+xcam::ArchPlugin* create(const XcamHost* h, const char* o) { return new ClassifierPlugin(h, o); }
+void destroy(xcam::ArchPlugin* p) { delete p; }
+
+const XcamPluginDescriptor kDescriptor = {XCAM_PLUGIN_ABI_MAJOR, PLUGIN_MINOR,  sizeof(XcamPluginDescriptor),
+                                          "classifier",          "0.0.1",       TORCH_VERSION,
+                                          XCAM_CXX11_ABI,        "test plugin", &create,
+                                          &destroy};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) const XcamPluginDescriptor* XCAM_PLUGIN_ENTRY(void) {
+  return &kDescriptor;
+}
