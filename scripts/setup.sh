@@ -13,6 +13,9 @@ PACKAGES=(
   # OpenMP build of OpenBLAS shares LibTorch's thread pool and is ~6x faster
   # than the reference BLAS that libtorch-dev pulls in (docs/results.md).
   libopenblas0-openmp
+  # The reference BLAS stays installed beside it: benchmarks/blas_compare.sh
+  # and the slow-BLAS warning test run against it.
+  libblas3
 )
 
 missing=()

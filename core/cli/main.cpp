@@ -175,7 +175,11 @@ int main(int argc, char** argv) {
   explain->add_option("--alpha", out.alpha, "Image weight of the overlay")->capture_default_str();
   explain->add_flag("--panel", panel, "Also write titled panels");
   explain->add_option("--boxes", boxes_file, "Ground-truth boxes (JSON) for the pointing game");
-  explain->add_option("images", images, "Image files")->required();
+  std::string manifest;
+  explain->add_option("--manifest", manifest,
+                      "Samples as JSON Lines: image, and optionally id, images (other named images), text, "
+                      "targets, any other key as metadata (docs/yaml.md)");
+  explain->add_option("images", images, "Image files");
 
   // ---- run
   std::string config;
@@ -292,7 +296,10 @@ int main(int argc, char** argv) {
       xcam::Explainer ex(eo);
       std::vector<xcam::ItemRecord> records;
       xcam::RunSummary summary;
-      xcam::explain_and_write(ex, images, std::max(1, batch), eo.targets, boxes_file.empty() ? nullptr : &boxes, out,
+      XCAM_CHECK(manifest.empty() || images.empty(), "explain takes images or --manifest, not both");
+      XCAM_CHECK(!manifest.empty() || !images.empty(), "explain needs images (files) or --manifest FILE.jsonl");
+      const auto samples = manifest.empty() ? xcam::samples_of(images) : xcam::read_manifest(manifest);
+      xcam::explain_and_write(ex, samples, std::max(1, batch), eo.targets, boxes_file.empty() ? nullptr : &boxes, out,
                               records, summary, {}, "explain");
       xcam::write_results(out.dir, records);
       xcam::print_summary(summary);

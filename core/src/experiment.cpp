@@ -218,14 +218,20 @@ void load_inputs(const Yaml& y, const YAML::Node& root, const std::string& base,
   const auto& in = root["inputs"];
   std::vector<std::string> patterns;
   if (in.IsMap()) {
-    y.only_keys(in, "inputs", {"images", "boxes"});
-    if (!in["images"]) y.fail(in, "missing key 'images' in inputs");
-    patterns = y.strings(in["images"], "images");
+    y.only_keys(in, "inputs", {"images", "manifest", "boxes"});
     if (in["boxes"]) c.boxes = resolve(base, y.as<std::string>(in["boxes"], "boxes", "a JSON file path"));
+    if (in["manifest"]) {
+      if (in["images"]) y.fail(in, "inputs take images or a manifest, not both");
+      c.samples = read_manifest(resolve(base, y.as<std::string>(in["manifest"], "manifest", "a JSONL file path")));
+      for (const auto& sp : c.samples) c.images.push_back(sp.image);
+    } else {
+      if (!in["images"]) y.fail(in, "missing key 'images' (or 'manifest') in inputs");
+      patterns = y.strings(in["images"], "images");
+    }
   } else {
     patterns = y.strings(in, "inputs");
   }
-  c.images = expand_inputs(patterns, base);
+  if (c.samples.empty()) c.images = expand_inputs(patterns, base);
   if (std::find(c.targets.begin(), c.targets.end(), "annotated") != c.targets.end() && c.boxes.empty())
     y.fail(root["targets"], "targets: annotated needs inputs.boxes (the ground-truth boxes file)");
 
@@ -332,6 +338,62 @@ ExperimentConfig load_experiment(const std::string& path) {
   return c;
 }
 
+std::vector<SampleSpec> samples_of(const std::vector<std::string>& images) {
+  std::vector<SampleSpec> out(images.size());
+  for (size_t i = 0; i < images.size(); ++i) out[i].image = images[i];
+  return out;
+}
+
+std::vector<SampleSpec> read_manifest(const std::string& path) {
+  std::ifstream in(path);
+  XCAM_CHECK(in.good(), "manifest '{}' cannot be read; give a JSON Lines file, one sample a line", path);
+  const std::string dir = fs::path(path).parent_path().string();
+  std::vector<SampleSpec> out;
+  std::set<std::string> ids;
+  int lineno = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++lineno;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const json j = json::parse(line, nullptr, false);
+    const auto where = fmt::format("{}:{}", path, lineno);
+    XCAM_CHECK(j.is_object(), "{}: not a JSON object; a line is {{\"image\": \"a.png\", ...}}", where);
+    XCAM_CHECK(j.contains("image") && j["image"].is_string(),
+               "{}: no \"image\" (the path of the image maps are drawn on)", where);
+    SampleSpec sp;
+    for (const auto& [key, value] : j.items()) {
+      if (key == "image") {
+        sp.image = resolve(dir, value.get<std::string>());
+      } else if (key == "id") {
+        XCAM_CHECK(value.is_string() && !value.get<std::string>().empty(), "{}: \"id\" must be a string", where);
+        sp.id = value.get<std::string>();
+        XCAM_CHECK(ids.insert(sp.id).second, "{}: id '{}' is used twice; ids name the outputs", where, sp.id);
+      } else if (key == "text") {
+        XCAM_CHECK(value.is_string(), "{}: \"text\" must be a string", where);
+        sp.text = value.get<std::string>();
+      } else if (key == "targets") {
+        XCAM_CHECK(value.is_string() || (value.is_array() && std::all_of(value.begin(), value.end(),
+                                                                          [](const json& v) { return v.is_string(); })),
+                   "{}: \"targets\" must be a string or a list of strings", where);
+        if (value.is_string()) sp.targets = {value.get<std::string>()};
+        else sp.targets = value.get<std::vector<std::string>>();
+      } else if (key == "images") {
+        XCAM_CHECK(value.is_object(), "{}: \"images\" must map names to paths, e.g. {{\"reference\": \"r.png\"}}",
+                   where);
+        for (const auto& [name, p] : value.items()) {
+          XCAM_CHECK(p.is_string() && name != "image", "{}: images.{} must be a path, and not named 'image'", where,
+                     name);
+          sp.images[name] = resolve(dir, p.get<std::string>());
+        }
+      } else {
+        sp.meta[key] = value.is_string() ? value.get<std::string>() : value.dump();
+      }
+    }
+    out.push_back(std::move(sp));
+  }
+  XCAM_CHECK(!out.empty(), "manifest '{}' has no sample", path);
+  return out;
+}
+
 std::vector<std::string> expand_inputs(const std::vector<std::string>& patterns, const std::string& base_dir) {
   static const std::set<std::string> image_ext{".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"};
   std::vector<std::string> out;
@@ -399,7 +461,7 @@ RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {
       const std::string label = method_label(eo);
       out.dir = (fs::path(cfg.outputs.dir) / label / safe_name(layers)).string();
       std::vector<ItemRecord> part;
-      explain_and_write(ex, cfg.images, cfg.batch_size, cfg.targets, cfg.boxes.empty() ? nullptr : &boxes, out,
+      explain_and_write(ex, cfg.samples.empty() ? samples_of(cfg.images) : cfg.samples, cfg.batch_size, cfg.targets, cfg.boxes.empty() ? nullptr : &boxes, out,
                         part, summary, run_opt, label + " @ " + layers);
       for (auto& r : part) {
         for (auto& o : r.outputs) o = (fs::path(label) / safe_name(layers) / o).string();

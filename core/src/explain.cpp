@@ -155,8 +155,10 @@ struct Explainer::Impl {
                                          const FaithfulnessOptions& o);
 
   void init(ExplainerOptions options);
+  // `inputs` (optional): the samples' other images, text and metadata.
   std::vector<MapResult> run(const at::Tensor& images, const std::vector<std::string>& ids,
-                             const std::vector<std::vector<std::string>>& requests, StageTimes* times);
+                             const std::vector<std::vector<std::string>>& requests, StageTimes* times,
+                             const std::vector<SampleInput>* inputs = nullptr);
 
   // One forward of every view of the batch (views.h), targets resolved on
   // the reference view and padded to equal counts.
@@ -167,7 +169,8 @@ struct Explainer::Impl {
   };
   views::ViewSet view_set(int64_t H, int64_t W) const;
   Pass forward_pass(const views::ViewSet& set, const at::Tensor& images, const std::vector<std::string>& ids,
-                    const std::vector<std::vector<std::string>>& requests, StageTimes* times);
+                    const std::vector<std::vector<std::string>>& requests, StageTimes* times,
+                    const std::vector<SampleInput>* inputs);
   // The maps of rank r's targets: scores, gradients, method, layers
   // aggregated, views combined; appended to `results`, low-resolution maps
   // of the reference view kept for last_lowres().
@@ -248,6 +251,27 @@ std::vector<MapResult> Explainer::explain(const std::vector<cv::Mat>& images, co
   return out;
 }
 
+std::vector<MapResult> Explainer::explain(const std::vector<SampleInput>& samples, StageTimes* times) {
+  const auto t0 = Clock::now();
+  const auto& p = impl_->pre;
+  std::vector<float> nchw;
+  nchw.reserve(samples.size() * 3 * p.height * p.width);
+  std::vector<std::string> ids;
+  std::vector<std::vector<std::string>> requests;
+  for (const auto& s : samples) {
+    preprocess_into(s.image, p, nchw);
+    ids.push_back(s.id);
+    requests.push_back(s.requests);
+  }
+  const auto B = static_cast<int64_t>(samples.size());
+  auto images = torch::from_blob(nchw.data(), {B, 3, p.height, p.width}, torch::kFloat32).to(impl_->model.device());
+  StageTimes local;
+  auto out = host_errors([&] { return impl_->run(images, ids, requests, &local, &samples); });
+  local.preprocess_ms = ms_since(t0) - local.forward_ms - local.backward_ms - local.cam_ms;
+  if (times) *times = local;
+  return out;
+}
+
 std::vector<MapResult> Explainer::explain_preprocessed(const std::vector<float>& nchw, int64_t batch,
                                                        const std::vector<std::string>& ids,
                                                        const std::vector<std::vector<std::string>>& requests,
@@ -275,15 +299,31 @@ views::ViewSet Explainer::Impl::view_set(int64_t H, int64_t W) const {
 Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, const at::Tensor& images,
                                                     const std::vector<std::string>& ids,
                                                     const std::vector<std::vector<std::string>>& requests,
-                                                    StageTimes* times) {
+                                                    StageTimes* times, const std::vector<SampleInput>* inputs) {
   const int64_t B0 = images.size(0), V = static_cast<int64_t>(set.views.size()), B = B0 * V;
   Pass p;
   p.batch.labels = labels;
   p.batch.images = views::apply(set, images);
   for (int64_t v = 0; v < V; ++v) p.batch.ids.insert(p.batch.ids.end(), ids.begin(), ids.end());
+  std::vector<Sample> given(static_cast<size_t>(B0));  // other images, text, meta
+  if (inputs != nullptr)
+    for (int64_t b0 = 0; b0 < B0; ++b0) {
+      const auto& in = inputs->at(b0);
+      for (const auto& [name, mat] : in.images) {
+        XCAM_CHECK(name != "image", "sample '{}': 'image' is the main image; name the others otherwise", in.id);
+        std::vector<float> x;
+        preprocess_into(mat, pre, x);
+        given[b0].images[name] =
+            torch::from_blob(x.data(), {3, pre.height, pre.width}, torch::kFloat32).clone().to(model.device());
+      }
+      given[b0].text = in.text;
+      given[b0].meta = in.meta;
+    }
   for (int64_t b = 0; b < B; ++b) {
     const int64_t b0 = b % B0;
-    Sample s{ids[b0], {{"image", p.batch.images[b]}}};
+    Sample s = given[b0];
+    s.id = ids[b0];
+    s.images["image"] = p.batch.images[b];
     s.requests = requests.empty() || requests[b0].empty() ? opt.targets : requests[b0];
     p.batch.samples.push_back(std::move(s));
   }
@@ -319,10 +359,10 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
 
 std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std::vector<std::string>& ids,
                                             const std::vector<std::vector<std::string>>& requests,
-                                            StageTimes* times) {
+                                            StageTimes* times, const std::vector<SampleInput>* inputs) {
   const int64_t H = images.size(2), W = images.size(3);
   const auto set = view_set(H, W);
-  const Pass pass = forward_pass(set, images, ids, requests, times);
+  const Pass pass = forward_pass(set, images, ids, requests, times, inputs);
   std::vector<MapResult> results;
   for (size_t r = 0; r < pass.ranks; ++r) rank_maps(pass, set, r, ids, H, W, times, results);
   return results;

@@ -269,8 +269,24 @@ namespace {
 struct Item {
   std::string path, id, digest;
   std::vector<std::string> requests;
+  SampleSpec spec;
   cv::Mat rgb;
+  std::map<std::string, cv::Mat> others;  // the sample's other named images
 };
+
+// What the Explainer takes of an item.
+SampleInput input_of(const Item& item) {
+  return SampleInput{item.id, item.rgb, item.others, item.spec.text, item.requests, item.spec.meta};
+}
+
+// The sample's own part of its digest: its files and what its line says.
+std::string sample_stamp(const SampleSpec& sp, const std::vector<std::string>& requests) {
+  std::string s = fmt::format("input {}\nrequests {}\ntext {}\n", file_stamp(sp.image), fmt::join(requests, ","),
+                              sp.text);
+  for (const auto& [name, p] : sp.images) s += fmt::format("image {} {}\n", name, file_stamp(p));
+  for (const auto& [k, v] : sp.meta) s += fmt::format("meta {} {}\n", k, v);
+  return s;
+}
 
 // Shared state of one explain_and_write call.
 struct Writer {
@@ -331,7 +347,8 @@ struct Writer {
     r.backward_ms = t.backward_ms / n;
     r.cam_ms = t.cam_ms / n;
     r.warnings = m.warnings;
-    r.meta = m.meta;
+    r.meta = item.spec.meta;  // the manifest line's other keys, then what the plugin reports
+    for (const auto& [k, v] : m.meta) r.meta[k] = v;
     if (f) {
       r.deletion = f->deletion;
       r.insertion = f->insertion;
@@ -413,19 +430,19 @@ struct Writer {
     for (size_t i = 0; i < items.size(); ++i) groups[0].push_back(i);
     for (size_t gi = 0; gi < groups.size(); ++gi) {
       const auto group = groups[gi];
+      std::vector<SampleInput> samples;
       std::vector<cv::Mat> rgb;
       std::vector<std::string> ids;
-      std::vector<std::vector<std::string>> req;
       for (size_t i : group) {
+        samples.push_back(input_of(items[i]));
         rgb.push_back(items[i].rgb);
         ids.push_back(items[i].id);
-        req.push_back(items[i].requests);
       }
       std::vector<MapResult> maps;
       std::vector<Faithfulness> faith;
       StageTimes t;
       try {
-        maps = ex.explain(rgb, ids, req, &t);
+        maps = ex.explain(samples, &t);
         // The metric forwards are not part of the explanation's timings.
         if (out.faithfulness) faith = ex.faithfulness(rgb, ids, maps, *out.faithfulness);
       } catch (const std::exception& e) {
@@ -442,32 +459,34 @@ struct Writer {
 
 }  // namespace
 
-void explain_and_write(Explainer& ex, const std::vector<std::string>& images, int batch_size,
+void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, int batch_size,
                        const std::vector<std::string>& targets,
                        const std::map<std::string, std::vector<Box>>* boxes, const OutputOptions& out,
                        std::vector<ItemRecord>& records, RunSummary& summary, const RunOptions& opt,
                        const std::string& progress_label) {
   Writer w{ex, boxes, out, records, summary, parse_colormap(out.colormap), fmt::format("{}", fmt::join(ex.layers(), "+")),
            fs::path(out.dir) / ".items", opt.progress && ::isatty(STDERR_FILENO)};
-  w.total = images.size();
+  w.total = samples.size();
   w.progress_label = progress_label;
   remove_stale_temporaries(out.dir);
   remove_stale_temporaries(w.item_dir);
   const std::string fingerprint = run_fingerprint(ex, out);
+  std::vector<std::string> images;
+  for (const auto& sp : samples) images.push_back(sp.image);
   const auto ids = input_ids(images);
 
   // Resume: items finished with the same digest are taken as they are.
   std::vector<Item> pending;
-  for (size_t i = 0; i < images.size(); ++i) {
-    Item item{images[i], ids[i]};
+  for (size_t i = 0; i < samples.size(); ++i) {
+    Item item{images[i], samples[i].id.empty() ? ids[i] : safe_name(samples[i].id)};
+    item.spec = samples[i];
     try {
-      item.requests = w.requests_of(images[i], targets);
+      item.requests = samples[i].targets.empty() ? w.requests_of(images[i], targets) : samples[i].targets;
     } catch (const Error& e) {
       w.fail(images[i], e.what());
       continue;
     }
-    item.digest = digest_of(fmt::format("{}input {}\nrequests {}\n", fingerprint, file_stamp(images[i]),
-                                        fmt::join(item.requests, ",")));
+    item.digest = digest_of(fingerprint + sample_stamp(samples[i], item.requests));
     const auto done = opt.force ? std::nullopt : finished_item(w.item_dir / (item.id + ".json"), item.digest, out);
     if (!done) {
       pending.push_back(std::move(item));
@@ -487,8 +506,9 @@ void explain_and_write(Explainer& ex, const std::vector<std::string>& images, in
     std::vector<Item> batch;
     for (size_t i = start; i < std::min(pending.size(), start + static_cast<size_t>(batch_size)); ++i) {
       try {
-        Item item = pending[i];  // the image is held for this batch only
+        Item item = pending[i];  // the images are held for this batch only
         item.rgb = load_rgb(item.path);
+        for (const auto& [name, p] : item.spec.images) item.others[name] = load_rgb(p);
         batch.push_back(std::move(item));
       } catch (const Error& e) {
         w.fail(pending[i].path, e.what());
@@ -499,16 +519,10 @@ void explain_and_write(Explainer& ex, const std::vector<std::string>& images, in
       // Untimed, twice: the first calls pay for one-off set-up (thread pools,
       // allocator, the TorchScript executor's profiling run and the
       // optimisation after it). Errors show up again in the timed call.
-      std::vector<cv::Mat> rgb;
-      std::vector<std::string> bid;
-      std::vector<std::vector<std::string>> req;
-      for (const auto& it : batch) {
-        rgb.push_back(it.rgb);
-        bid.push_back(it.id);
-        req.push_back(it.requests);
-      }
+      std::vector<SampleInput> warm;
+      for (const auto& it : batch) warm.push_back(input_of(it));
       try {
-        for (int k = 0; k < 2; ++k) ex.explain(rgb, bid, req);
+        for (int k = 0; k < 2; ++k) ex.explain(warm);
       } catch (const std::exception&) {
       }
       warmed = true;

@@ -72,7 +72,18 @@ class ClassifierPlugin final : public xcam::ArchPlugin {
 
   std::map<std::string, std::string> metadata(const c10::IValue& output, const xcam::Batch& b,
                                               int64_t i) const override {
-    return {{"hook", "metadata"}, {"top", std::to_string(output.toTensor()[i].argmax().item<int64_t>())}};
+    const auto& sample = b.samples.at(i);
+    std::string names;
+    for (const auto& [name, image] : sample.images) names += (names.empty() ? "" : ",") + name;
+    std::map<std::string, std::string> m{{"hook", "metadata"},
+                                         {"top", std::to_string(output.toTensor()[i].argmax().item<int64_t>())},
+                                         {"images", names},
+                                         {"text", sample.text},
+                                         {"requests", sample.requests.empty() ? "" : sample.requests.front()}};
+    // What prepare() could compute from a second image: here its mean.
+    if (sample.images.count("reference"))
+      m["reference_mean"] = std::to_string(sample.images.at("reference").mean().item<double>());
+    return m;
   }
 };
 

@@ -6,6 +6,11 @@
 // what each sample gives alone.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+
 #include "../common.h"
 #include "../unit/explain_util.h"
 #include "xcam/explainer.h"
@@ -66,6 +71,49 @@ TEST(PluginHooks, PerturbationPathsCarryEachSamplesState) {
     EXPECT_NEAR(f_both[1].deletion, f_alone[0].deletion, 1e-6) << method;
     EXPECT_NEAR(f_both[1].insertion, f_alone[0].insertion, 1e-6) << method;
   }
+}
+
+// A JSON Lines manifest: a sample with a second named image, a prompt, its
+// own targets and metadata reaches prepare() whole; ids name the outputs;
+// changing the second image recomputes the sample on a re-run.
+TEST(Manifest, SamplesReachThePluginWhole) {
+  xcam::test::TempDir tmp("manifest");
+  const auto img = [](int i) { return xcam::test::source("zoo/data/shapes/val_00" + std::to_string(i) + ".png"); };
+  std::filesystem::copy_file(img(1), tmp / "ref.png");
+  std::ofstream(tmp / "m.jsonl") << "{\"image\": \"" << img(0)
+                                 << "\", \"images\": {\"reference\": \"ref.png\"}, \"text\": \"a prompt\", "
+                                    "\"targets\": [\"2\"], \"split\": \"query\"}\n"
+                                 << "\n{\"image\": \"" << img(2) << "\", \"id\": \"second\"}\n";
+  const std::string cmd = xcam::test::xcam_cmd() + "explain --plugin " + plugin("classifier21") + " --model " +
+                          xcam::test::source("zoo/models/shapes_cnn_traced.pt") + " --layer last --manifest " +
+                          (tmp / "m.jsonl") + " --out " + (tmp / "o");
+  const auto r = xcam::test::run_command(cmd);
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::ifstream in(tmp / "o/results.json");
+  const auto rows = nlohmann::json::parse(in);
+  ASSERT_EQ(rows.size(), 2u) << rows.dump(1);
+  const auto& q = rows[0]["id"] == "val_000" ? rows[0] : rows[1];
+  const auto& s = rows[0]["id"] == "second" ? rows[0] : rows[1];
+  EXPECT_EQ(q["target_index"], 2);
+  EXPECT_EQ(q["meta"]["images"], "image,reference");
+  EXPECT_EQ(q["meta"]["text"], "a prompt");
+  EXPECT_EQ(q["meta"]["requests"], "2");
+  EXPECT_EQ(q["meta"]["split"], "query");
+  EXPECT_TRUE(q["meta"].contains("reference_mean"));
+  EXPECT_EQ(s["meta"]["images"], "image");
+  EXPECT_EQ(s["meta"]["requests"], "top1");
+  EXPECT_EQ(s["outputs"][0].get<std::string>().rfind("second_", 0), 0u) << s.dump();
+  const auto same = xcam::test::run_command(cmd);
+  EXPECT_NE(same.output.find("done 0, resumed 2"), std::string::npos) << same.output;
+  std::filesystem::copy_file(img(3), tmp / "ref.png", std::filesystem::copy_options::overwrite_existing);
+  const auto changed = xcam::test::run_command(cmd);
+  EXPECT_NE(changed.output.find("done 1, resumed 1"), std::string::npos) << changed.output;
+  // A bad line is named.
+  std::ofstream(tmp / "bad.jsonl") << "{\"image\": \"" << img(0) << "\"}\n{\"text\": \"no image\"}\n";
+  const auto bad = xcam::test::run_command(xcam::test::xcam_cmd() + "explain --model " +
+                                           xcam::test::source("zoo/models/shapes_cnn_traced.pt") + " --manifest " +
+                                           (tmp / "bad.jsonl") + " --out " + (tmp / "b"));
+  xcam::test::expect_one_line_error(bad, "bad.jsonl:2: no \"image\"");
 }
 
 }  // namespace

@@ -212,6 +212,27 @@ TEST(Yaml, PluginOptionsAreTypedAndAttentionIsRead) {
   EXPECT_NE(ratio.find("key 'discard_ratio' must be in [0, 1)"), std::string::npos) << ratio;
 }
 
+TEST(Yaml, ManifestInputs) {
+  xcam::test::TempDir tmp("yaml");
+  std::ofstream(tmp / "m.jsonl") << R"({"image": "a.png", "id": "q1", "images": {"reference": "sub/r.png"}, )"
+                                 << R"("text": "hi", "targets": "top2", "camera": 3})" << "\n";
+  const auto cfg = xcam::load_experiment(write_yaml(tmp, "model: m.pt\ninputs: {manifest: m.jsonl}\n"));
+  ASSERT_EQ(cfg.samples.size(), 1u);
+  const auto& sp = cfg.samples[0];
+  EXPECT_EQ(sp.image, tmp / "a.png");
+  EXPECT_EQ(sp.id, "q1");
+  EXPECT_EQ(sp.images.at("reference"), tmp / "sub/r.png");
+  EXPECT_EQ(sp.text, "hi");
+  EXPECT_EQ(sp.targets, std::vector<std::string>{"top2"});
+  EXPECT_EQ(sp.meta.at("camera"), "3");
+  EXPECT_EQ(cfg.images, std::vector<std::string>{tmp / "a.png"});
+  std::ofstream(tmp / "dup.jsonl") << R"({"image": "a.png", "id": "x"})" << "\n" << R"({"image": "b.png", "id": "x"})";
+  const auto dup = error_of(write_yaml(tmp, "model: m.pt\ninputs: {manifest: dup.jsonl}\n"));
+  EXPECT_NE(dup.find("dup.jsonl:2: id 'x' is used twice"), std::string::npos) << dup;
+  const auto both = error_of(write_yaml(tmp, "model: m.pt\ninputs: {manifest: m.jsonl, images: '*.png'}\n"));
+  EXPECT_NE(both.find("images or a manifest, not both"), std::string::npos) << both;
+}
+
 TEST(Yaml, ShippedConfigsParse) {
   const auto cfg = xcam::load_experiment(xcam::test::source("configs/shapes_demo.yaml"));
   EXPECT_EQ(cfg.images.size(), 48u);

@@ -35,6 +35,24 @@ struct CompareOptions {
   bool grid = true;
 };
 
+// One input of a run: an image from a glob, a directory or a list, or a
+// line of a JSON Lines manifest (docs/yaml.md, "Manifest") with more.
+struct SampleSpec {
+  std::string image;                          // path of the image maps are drawn on
+  std::string id;                             // empty: from the file name, unique per run
+  std::map<std::string, std::string> images;  // other named images ("reference"): name -> path
+  std::string text;                           // a prompt
+  std::vector<std::string> targets;           // empty: the run's targets
+  std::map<std::string, std::string> meta;    // the line's other keys
+};
+
+// The samples of a JSON Lines manifest, paths relative to its folder. Throws
+// xcam::Error naming the file, the line and what is wrong.
+std::vector<SampleSpec> read_manifest(const std::string& path);
+
+// Plain image paths as samples.
+std::vector<SampleSpec> samples_of(const std::vector<std::string>& images);
+
 struct ExperimentConfig {
   std::string file;  // the YAML file; relative paths in it are relative to its directory
   std::string name;
@@ -42,7 +60,8 @@ struct ExperimentConfig {
   std::vector<std::vector<std::string>> layer_sets;  // each set is explained together (aggregated)
   std::vector<std::string> methods;
   std::vector<std::string> targets;         // requests; "annotated": every boxed class of the image
-  std::vector<std::string> images;          // resolved image paths
+  std::vector<std::string> images;          // resolved image paths (each sample's image)
+  std::vector<SampleSpec> samples;          // with inputs.manifest: the samples (else made from images)
   std::string boxes;                        // optional ground-truth boxes (JSON)
   int batch_size = 8;
   int threads = 0;
@@ -105,10 +124,10 @@ struct RunSummary {
 // are reported and skipped; finished outputs are never lost.
 RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt);
 
-// Explains `images` (paths) with `ex` in batches and writes outputs to
+// Explains `samples` with `ex` in batches and writes outputs to
 // out.dir: shared by `xcam explain` and the runner. Appends records; failures
 // are reported in `summary` and skipped.
-void explain_and_write(Explainer& ex, const std::vector<std::string>& images, int batch_size,
+void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, int batch_size,
                        const std::vector<std::string>& targets,
                        const std::map<std::string, std::vector<Box>>* boxes, const OutputOptions& out,
                        std::vector<ItemRecord>& records, RunSummary& summary, const RunOptions& opt,

@@ -118,6 +118,18 @@ struct StageTimes {
   double total_ms() const { return preprocess_ms + forward_ms + backward_ms + cam_ms; }
 };
 
+// One sample as the caller has it: the image maps are drawn on, other named
+// images (a re-ID reference), a text prompt, its target requests (empty: the
+// options' targets) and metadata. Each image is preprocessed like `image`.
+struct SampleInput {
+  std::string id;
+  cv::Mat image;                                // 8-bit RGB, any size
+  std::map<std::string, cv::Mat> images;        // other named images, 8-bit RGB
+  std::string text;
+  std::vector<std::string> requests;
+  std::map<std::string, std::string> meta;
+};
+
 class Explainer {
  public:
   // Loads the model and plugin, resolves the layers. Throws xcam::Error with a
@@ -136,6 +148,10 @@ class Explainer {
   std::vector<MapResult> explain(const std::vector<cv::Mat>& images, const std::vector<std::string>& ids,
                                  const std::vector<std::vector<std::string>>& requests = {},
                                  StageTimes* times = nullptr);
+
+  // Maps for whole samples (SampleInput): what a plugin's prepare() sees of
+  // each is all of it.
+  std::vector<MapResult> explain(const std::vector<SampleInput>& samples, StageTimes* times = nullptr);
 
   // The same on an already preprocessed batch: batch x 3 x H x W floats.
   std::vector<MapResult> explain_preprocessed(const std::vector<float>& nchw, int64_t batch,
