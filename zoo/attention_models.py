@@ -26,6 +26,10 @@ module), and written as float32 .npy:
   <model>_rollout_max_d0.5.npy   rollout with max fusion, the lowest half discarded
   <model>_relevancy.npy   gradient-weighted relevancy for logit 3, CLS row
 (rollout and relevancy as SPEC section 6 states them, in numpy float64.)
+  siamese_query.png, siamese_reference.png   two 32 x 32 RGB images
+  siamese_cam_q.npy, siamese_cam_r.npy       float64 Grad-CAM of cosine(query, reference) at
+                                             enc.blocks.0@0 (query) and @1 (reference), CLS dropped,
+                                             4 x 4, min-max normalised; input x / 255 - 0.5, over 0.25
 
 usage: python3 zoo/attention_models.py --out DIR [--force]
 """
@@ -199,7 +203,7 @@ def ref_attention(kind, sd, prefix, x, keep):
     return lin((probs @ v).transpose(1, 2).reshape(B, N, C), out_name)
 
 
-def ref_encoder(kind, sd, x, keep, prefix=""):
+def ref_encoder(kind, sd, x, keep, prefix="", block_outputs=None):
     ln = lambda t, name: F.layer_norm(t, (DIM,), sd[f"{prefix}{name}.weight"], sd[f"{prefix}{name}.bias"])
     t = F.conv2d(x, sd[f"{prefix}patch_embed.weight"], sd[f"{prefix}patch_embed.bias"], stride=PATCH)
     t = t.flatten(2).transpose(1, 2)
@@ -210,6 +214,9 @@ def ref_encoder(kind, sd, x, keep, prefix=""):
         m = ln(t, f"blocks.{b}.norm2")
         m = F.gelu(m @ sd[p + "mlp.0.weight"].T + sd[p + "mlp.0.bias"])
         t = t + m @ sd[p + "mlp.2.weight"].T + sd[p + "mlp.2.bias"]
+        if block_outputs is not None:
+            t.retain_grad()
+            block_outputs.append(t)
     return ln(t, "norm")
 
 
@@ -312,6 +319,35 @@ def export_siamese(out, q, r, force):
     save(os.path.join(out, "siamese_grad_r.npy"), fr.grad)
 
 
+def grad_cam_tokens(tokens, grads):
+    """Grad-CAM on B x N x C tokens (CLS first, then a 4 x 4 grid): B x 4 x 4, min-max normalised."""
+    a, g = tokens[:, 1:, :], grads[:, 1:, :]
+    cam = np.maximum((a * g.mean(1, keepdims=True)).sum(-1), 0).reshape(-1, 4, 4)
+    lo, hi = cam.min((1, 2), keepdims=True), cam.max((1, 2), keepdims=True)
+    return (cam - lo) / (hi - lo + 1e-7)
+
+
+def export_siamese_maps(out):
+    """The two images and the float64 Grad-CAM of each branch of the exported siamese model."""
+    import cv2
+    rng = np.random.RandomState(11)
+    imgs = [rng.randint(0, 256, size=(IMAGE, IMAGE, 3)).astype(np.uint8) for _ in range(2)]
+    for name, im in zip(("query", "reference"), imgs):
+        cv2.imwrite(os.path.join(out, f"siamese_{name}.png"), im[:, :, ::-1])
+    model = torch.jit.load(os.path.join(out, "siamese_scripted.pt"))
+    sd = {k.replace("enc.", "", 1): v.detach().double() for k, v in model.state_dict().items()}
+    xs = [torch.from_numpy((im.astype(np.float64) / 255.0 - 0.5) / 0.25).permute(2, 0, 1)[None] for im in imgs]
+    bq, br = [], []
+    fq = ref_encoder("vit_timm", sd, xs[0].requires_grad_(), [], block_outputs=bq)
+    fr = ref_encoder("vit_timm", sd, xs[1].requires_grad_(), [], block_outputs=br)
+    F.cosine_similarity(fq[:, 0], fr[:, 0], dim=1).sum().backward()
+    # Block 0's output: block 1's attention still mixes its patch tokens into
+    # the CLS token (the encoder's own output reaches the score through CLS only).
+    for tag, f in (("q", bq[0]), ("r", br[0])):
+        cam = grad_cam_tokens(f.detach().numpy(), f.grad.numpy())
+        save(os.path.join(out, f"siamese_cam_{tag}.npy"), torch.from_numpy(cam))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
@@ -326,6 +362,7 @@ def main():
     for kind in ATTENTION:
         export_vit(kind, args.out, x, args.force)
     export_siamese(args.out, x, ref, args.force)
+    export_siamese_maps(args.out)
     print(f"attention models and references in {args.out}")
 
 

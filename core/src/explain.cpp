@@ -393,46 +393,66 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
     low[l] = outs[l].lowres.cpu();
     status[l] = outs[l].status;
   }
-  // Several layers: resize each, relu, mean, renormalise. One layer: the
-  // resized map is renormalised too (interpolation moves its extremes off
-  // 0 and 1), as the reference implementation's aggregation does. Then the
-  // views' maps are put back onto the input and combined.
-  at::Tensor maps = M > 1 ? kernels::aggregate_layers(low, H, W).map : kernels::minmax_normalize(outs.back().map);
-  maps = views::combine(set, maps, B0).cpu().contiguous();
+  // The maps by the image they are drawn on, "image" first; within one image,
+  // several layers are resized, ReLU'd, averaged and renormalised, one layer's
+  // resized map renormalised too (interpolation moves its extremes off 0 and
+  // 1), as the reference implementation's aggregation does. Then the views'
+  // maps are put back onto the input and combined.
+  std::vector<std::pair<std::string, std::vector<size_t>>> groups{{"image", {}}};
+  for (size_t l = 0; l < M; ++l) {
+    const std::string on = M == layers.size() ? plugin->image_of(layers[l]) : "image";
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == on; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {on, {}});
+    it->second.push_back(l);
+  }
+  std::vector<at::Tensor> group_maps;
+  for (const auto& [on, idx] : groups) {
+    if (idx.empty()) {
+      group_maps.emplace_back();
+      continue;
+    }
+    std::vector<at::Tensor> part;
+    for (size_t l : idx) part.push_back(low[l]);
+    const at::Tensor m = idx.size() > 1 ? kernels::aggregate_layers(part, H, W).map
+                                        : kernels::minmax_normalize(outs[idx[0]].map);
+    group_maps.push_back(views::combine(set, m, B0).cpu().contiguous());
+  }
   times->cam_ms += ms_since(t);
 
   const int64_t ref = static_cast<int64_t>(set.reference);
-  for (int64_t b0 = 0; b0 < B0; ++b0) {
-    const int64_t b = ref * B0 + b0;  // the view that gives target and score
-    const Target& tg = batch.targets[b][r];
-    if (tg.padding) continue;
-    MapResult m;
-    m.image_id = ids[b0];
-    m.rank = r;
-    m.target_label = tg.label;
-    m.target_index = tg.index;
-    m.target = tg;
-    if (plugin_minor >= 1) m.meta = plugin->metadata(fwd.output, batch, b);  // ABI 2.1
-    m.score = b < static_cast<int64_t>(scores.size()) ? scores[b] : y[b].item<double>();
-    m.height = H;
-    m.width = W;
-    const float* mp = maps.data_ptr<float>() + b0 * H * W;
-    m.map.assign(mp, mp + H * W);
-    for (size_t l = 0; l < M; ++l) {
-      const std::string what =
-          M == layers.size() ? "layer '" + layers[l] + "'" : method->name + " of the tapped layers";
-      uint8_t st = 0;  // what any of the sample's views had
-      for (int64_t v = 0; v < V; ++v) st |= status[l].data_ptr<uint8_t>()[v * B0 + b0];
-      if (st & kernels::kCamNonFinite)
-        m.warnings.push_back(fmt::format("NaN or Inf in the activations or gradients of {}: its map is all zeros",
-                                         what));
-      else if (st & kernels::kCamConstant)
-        m.warnings.push_back(fmt::format("map of {} is constant (zero gradients or an all-negative weighted sum): "
-                                         "written as zeros; try an earlier layer",
-                                         what));
+  for (size_t gi = 0; gi < groups.size(); ++gi)
+    for (int64_t b0 = 0; b0 < B0 && !groups[gi].second.empty(); ++b0) {
+      const int64_t b = ref * B0 + b0;  // the view that gives target and score
+      const Target& tg = batch.targets[b][r];
+      if (tg.padding) continue;
+      MapResult m;
+      m.image_id = ids[b0];
+      m.on = groups[gi].first;
+      m.rank = r;
+      m.target_label = tg.label;
+      m.target_index = tg.index;
+      m.target = tg;
+      if (plugin_minor >= 1) m.meta = plugin->metadata(fwd.output, batch, b);  // ABI 2.1
+      m.score = b < static_cast<int64_t>(scores.size()) ? scores[b] : y[b].item<double>();
+      m.height = H;
+      m.width = W;
+      const float* mp = group_maps[gi].data_ptr<float>() + b0 * H * W;
+      m.map.assign(mp, mp + H * W);
+      for (size_t l : groups[gi].second) {
+        const std::string what =
+            M == layers.size() ? "layer '" + layers[l] + "'" : method->name + " of the tapped layers";
+        uint8_t st = 0;  // what any of the sample's views had
+        for (int64_t v = 0; v < V; ++v) st |= status[l].data_ptr<uint8_t>()[v * B0 + b0];
+        if (st & kernels::kCamNonFinite)
+          m.warnings.push_back(fmt::format("NaN or Inf in the activations or gradients of {}: its map is all zeros",
+                                           what));
+        else if (st & kernels::kCamConstant)
+          m.warnings.push_back(fmt::format("map of {} is constant (zero gradients or an all-negative weighted "
+                                           "sum): written as zeros; try an earlier layer",
+                                           what));
+      }
+      results.push_back(std::move(m));
     }
-    results.push_back(std::move(m));
-  }
   if (r == 0) lowres.assign(M, LowRes{});
   for (size_t l = 0; l < M; ++l) {
     lowres[l].height = low[l].size(1);

@@ -34,7 +34,7 @@ using nlohmann::json;
 namespace {
 
 json to_json(const ItemRecord& r) {
-  json j{{"image", r.image},   {"id", r.id},       {"method", r.method},       {"layers", r.layers},
+  json j{{"image", r.image},   {"id", r.id},       {"on", r.on},       {"method", r.method},       {"layers", r.layers},
          {"target", r.target}, {"target_index", r.target_index}, {"rank", r.rank},
          {"score", r.score},   {"status", r.status},       {"forward_ms", r.forward_ms},
          {"backward_ms", r.backward_ms}, {"cam_ms", r.cam_ms}, {"outputs", r.outputs},
@@ -54,6 +54,7 @@ ItemRecord from_json(const json& j) {
   ItemRecord r;
   r.image = j.at("image");
   r.id = j.value("id", fs::path(r.image).stem().string());
+  r.on = j.value("on", "image");
   r.method = j.at("method");
   r.layers = j.at("layers");
   r.target = j.at("target");
@@ -92,8 +93,8 @@ void add_pointing(RunSummary& s, const ItemRecord& r) {
 
 // What makes a row of results.json: one map of one input, method, layers and rank.
 std::string row_key(const json& j) {
-  return fmt::format("{}\n{}\n{}\n{}", j.value("id", fs::path(j.value("image", "")).stem().string()),
-                     j.value("method", ""), j.value("layers", ""), j.value("rank", 0));
+  return fmt::format("{}\n{}\n{}\n{}\n{}", j.value("id", fs::path(j.value("image", "")).stem().string()),
+                     j.value("on", "image"), j.value("method", ""), j.value("layers", ""), j.value("rank", 0));
 }
 
 }  // namespace
@@ -118,13 +119,13 @@ void write_results(const std::string& dir, const std::vector<ItemRecord>& record
   }
   for (const auto& r : records) all.push_back(to_json(r));
   std::ostringstream csv;
-  csv << "image,id,method,layers,target,target_index,rank,score,forward_ms,backward_ms,cam_ms,pointing_hit,"
+  csv << "image,id,on,method,layers,target,target_index,rank,score,forward_ms,backward_ms,cam_ms,pointing_hit,"
          "centre_hit,energy,deletion,insertion,drop,increase,warnings\n";
   auto opt_bool = [](const std::optional<bool>& b) { return b ? std::string(*b ? "1" : "0") : std::string(); };
   auto opt_num = [](const std::optional<double>& v) { return v ? fmt::format("{:.6f}", *v) : std::string(); };
   for (const auto& row : all) {
     const ItemRecord r = from_json(row);
-    csv << csv_field(r.image) << ',' << csv_field(r.id) << ',' << r.method << ',' << csv_field(r.layers) << ','
+    csv << csv_field(r.image) << ',' << csv_field(r.id) << ',' << csv_field(r.on) << ',' << r.method << ',' << csv_field(r.layers) << ','
         << csv_field(r.target) << ',' << r.target_index << ',' << r.rank << ',' << r.score << ',' << r.forward_ms
         << ',' << r.backward_ms << ',' << r.cam_ms << ',' << opt_bool(r.pointing_hit) << ','
         << opt_bool(r.centre_hit) << ',' << opt_num(r.energy) << ',' << opt_num(r.deletion) << ','
@@ -210,14 +211,16 @@ std::vector<std::string> input_ids(const std::vector<std::string>& images) {
 
 // Output stems of one input's maps: <id>_<label>, and <id>_<label>_r<rank>
 // where two targets of the input share a label (a repeated word, `top1,0,0`).
+// A map drawn on another named image than "image" gets that name too:
+// <id>_<name>_<label>.
 std::vector<std::string> output_stems(const std::string& id, const std::vector<const MapResult*>& maps) {
+  auto base = [&](const MapResult* m) {
+    return id + "_" + (m->on == "image" ? "" : safe_name(m->on) + "_") + safe_name(m->target_label);
+  };
   std::map<std::string, int> uses;
-  for (const auto* m : maps) ++uses[safe_name(m->target_label)];
+  for (const auto* m : maps) ++uses[base(m)];
   std::vector<std::string> stems;
-  for (const auto* m : maps) {
-    const std::string label = safe_name(m->target_label);
-    stems.push_back(id + "_" + label + (uses[label] > 1 ? "_r" + std::to_string(m->rank) : ""));
-  }
+  for (const auto* m : maps) stems.push_back(base(m) + (uses[base(m)] > 1 ? "_r" + std::to_string(m->rank) : ""));
   return stems;
 }
 
@@ -356,26 +359,34 @@ struct Writer {
       r.increase = f->increase;
     }
     for (const auto& w : m.warnings) std::cerr << "xcam: warning: " << item.path << " [" << m.target_label << "]: " << w << "\n";
-    const auto full = map_at_image_size(m.map, m.height, m.width, item.rgb);
+    r.on = m.on;
+    const auto other = item.others.find(m.on);
+    XCAM_CHECK(m.on == "image" || other != item.others.end(),
+               "the plugin draws a map on image '{}', which sample '{}' does not have; give it in the manifest's "
+               "\"images\"",
+               m.on, item.id);
+    const cv::Mat& rgb = m.on == "image" ? item.rgb : other->second;
+    const auto full = map_at_image_size(m.map, m.height, m.width, rgb);
     const fs::path dir(out.dir);
     if (out.save_map) {
-      write_npy((dir / (stem + ".npy")).string(), {item.rgb.rows, item.rgb.cols}, full.data());
+      write_npy((dir / (stem + ".npy")).string(), {rgb.rows, rgb.cols}, full.data());
       r.outputs.push_back(stem + ".npy");
     }
     if (out.save_overlay || out.save_panel) {
-      const auto rendered = render_overlay(item.rgb, full, out.alpha, cmap);
+      const auto rendered = render_overlay(rgb, full, out.alpha, cmap);
       if (out.save_overlay) {
         write_png((dir / (stem + ".png")).string(), rendered.overlay);
         r.outputs.push_back(stem + ".png");
       }
       if (out.save_panel) {
-        const std::string title =
-            fmt::format("{} | {} @ {} | {} p={:.3f}", r.image, r.method, layers, m.target_label, m.score);
-        write_png((dir / (stem + "_panel.png")).string(), render_panel(item.rgb, rendered, title));
+        const std::string title = fmt::format("{}{} | {} @ {} | {} p={:.3f}", r.image,
+                                              m.on == "image" ? "" : " (" + m.on + ")", r.method, layers,
+                                              m.target_label, m.score);
+        write_png((dir / (stem + "_panel.png")).string(), render_panel(rgb, rendered, title));
         r.outputs.push_back(stem + "_panel.png");
       }
     }
-    if (boxes) {
+    if (boxes && m.on == "image") {
       const auto it = boxes->find(r.image);
       std::vector<Box> cls;
       if (it != boxes->end())

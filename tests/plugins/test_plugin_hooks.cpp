@@ -14,6 +14,11 @@
 #include "../common.h"
 #include "../unit/explain_util.h"
 #include "xcam/explainer.h"
+#include "xcam/image.h"
+#include "xcam/io.h"
+#include "xcam/render.h"
+
+#include <opencv2/imgproc.hpp>
 
 namespace {
 
@@ -114,6 +119,49 @@ TEST(Manifest, SamplesReachThePluginWhole) {
                                            xcam::test::source("zoo/models/shapes_cnn_traced.pt") + " --manifest " +
                                            (tmp / "bad.jsonl") + " --out " + (tmp / "b"));
   xcam::test::expect_one_line_error(bad, "bad.jsonl:2: no \"image\"");
+}
+
+// (a) siamese similarity: one pass gives the query's map on the query image
+// and the reference's map on the reference image, each equal to a float64
+// Grad-CAM of the cosine similarity (zoo/attention_models.py).
+TEST(Siamese, OnePassMapsBothImagesLikeFloat64) {
+  const auto zoo = [](const std::string& f) { return xcam::test::models("attention/" + f); };
+  xcam::ExplainerOptions o;
+  o.model = zoo("siamese_traced.pt");
+  o.plugin = std::string(XCAM_FAKE_PLUGIN_DIR) + "/siamese/libxcam_plugin_siamese.so";
+  for (const std::string variant : {"traced", "scripted"}) {
+    o.model = zoo("siamese_" + variant + ".pt");
+    xcam::Explainer ex(o);
+    xcam::SampleInput s;
+    s.id = "q";
+    s.image = xcam::load_rgb(zoo("siamese_query.png"));
+    s.images["reference"] = xcam::load_rgb(zoo("siamese_reference.png"));
+    const auto maps = ex.explain(std::vector<xcam::SampleInput>{s});
+    ASSERT_EQ(maps.size(), 2u) << variant;
+    EXPECT_EQ(maps[0].on, "image");
+    EXPECT_EQ(maps[1].on, "reference");
+    const auto& low = ex.last_lowres();
+    ASSERT_EQ(low.size(), 2u);
+    const auto cq = xcam::read_npy(zoo("siamese_cam_q.npy")), cr = xcam::read_npy(zoo("siamese_cam_r.npy"));
+    EXPECT_LT(xcam::test::max_abs_diff(low[0].per_rank[0], cq.f32, 0), 1e-5) << variant;
+    EXPECT_LT(xcam::test::max_abs_diff(low[1].per_rank[0], cr.f32, 0), 1e-5) << variant;
+    EXPECT_GT(xcam::test::max_abs_diff(low[0].per_rank[0], low[1].per_rank[0], 0), 0.1);
+  }
+  // Through the writer: the reference's map is a file of its own, at the
+  // reference image's size.
+  xcam::test::TempDir tmp("siamese");
+  cv::Mat big;
+  cv::resize(xcam::load_rgb(zoo("siamese_reference.png")), big, cv::Size(48, 40));
+  xcam::write_png(tmp / "ref.png", big);
+  std::ofstream(tmp / "m.jsonl") << "{\"image\": \"" << zoo("siamese_query.png")
+                                 << "\", \"id\": \"q\", \"images\": {\"reference\": \"ref.png\"}}\n";
+  const auto r = xcam::test::run_command(xcam::test::xcam_cmd() + "explain --plugin " + o.plugin + " --model " +
+                                         zoo("siamese_traced.pt") + " --manifest " + (tmp / "m.jsonl") +
+                                         " --out " + (tmp / "o"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto ref_map = xcam::read_npy(tmp / "o/q_reference_similarity.npy");
+  EXPECT_EQ(ref_map.shape, (std::vector<int64_t>{40, 48}));
+  EXPECT_EQ(xcam::read_npy(tmp / "o/q_similarity.npy").shape, (std::vector<int64_t>{32, 32}));
 }
 
 }  // namespace

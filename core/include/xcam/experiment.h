@@ -85,6 +85,7 @@ struct ItemRecord {
   // where several inputs of a run share a stem, the stem after as many of
   // its parent folders as tell them apart ("a_x", "b_x").
   std::string id;
+  std::string on = "image";  // the sample's named image the map is drawn on
   std::string method, layers, target, status = "ok";
   int64_t target_index = -1;
   size_t rank = 0;

@@ -79,6 +79,7 @@ const std::vector<std::string>& cam_methods();
 
 struct MapResult {
   std::string image_id;
+  std::string on = "image";    // the sample's named image the map is drawn on (ArchPlugin::image_of)
   size_t rank = 0;             // position among this sample's targets
   std::string target_label;    // class name (or index when no labels are known)
   int64_t target_index = -1;

@@ -105,6 +105,12 @@ class ArchPlugin {
   // re-ID's {"mim": "mim.cross_attn/softmax", "vit_last": "encoder.layers.11", ...}.
   virtual std::map<std::string, std::string> layer_aliases() const { return {}; }
 
+  // The named image of the sample that a tap's map is drawn on: "image" for
+  // most; a siamese plugin says "reference" for the taps on its reference
+  // branch. Taps of different images give separate maps from one pass;
+  // taps of one image are aggregated.
+  virtual std::string image_of(const std::string& layer) const { return "image"; }
+
   // The batch a perturbation path explains again: `images` (n x 3 x H x W,
   // perturbed copies of sample b's "image") standing for sample b, every
   // copy with target `rank` of sample b. The host calls prepare() on it
