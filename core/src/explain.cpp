@@ -146,13 +146,17 @@ struct Explainer::Impl {
   // The batch's sample b, target `rank`, on `images` (n perturbed copies),
   // through the plugin's perturbation_batch() and prepare().
   Batch repeat_sample(const Batch& batch, int64_t b, size_t rank, const at::Tensor& images);
-  // `images` (n x 3 x H x W) of sample `id` with one target for all, prepared for the model.
-  Batch single_target(const at::Tensor& images, const Target& target, const std::string& id);
+  // `images` (n x 3 x H x W) of sample `id` with one target for all, the
+  // sample's other images, text and metadata from `like`, prepared for the model.
+  Batch single_target(const at::Tensor& images, const Target& target, const std::string& id, const Sample& like);
+  // A sample's other images (preprocessed), text and metadata.
+  Sample sample_of(const SampleInput& in) const;
   // The plugin's readable score (probability) of `target` on each image.
-  std::vector<double> probabilities(const at::Tensor& images, const Target& target, const std::string& id);
+  std::vector<double> probabilities(const at::Tensor& images, const Target& target, const std::string& id,
+                                    const Sample& like);
   std::vector<Faithfulness> faithfulness(const std::vector<float>& nchw, int64_t batch,
                                          const std::vector<std::string>& ids, const std::vector<MapResult>& maps,
-                                         const FaithfulnessOptions& o);
+                                         const FaithfulnessOptions& o, const std::vector<SampleInput>* inputs);
 
   void init(ExplainerOptions options);
   // `inputs` (optional): the samples' other images, text and metadata.
@@ -308,16 +312,9 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
   std::vector<Sample> given(static_cast<size_t>(B0));  // other images, text, meta
   if (inputs != nullptr)
     for (int64_t b0 = 0; b0 < B0; ++b0) {
-      const auto& in = inputs->at(b0);
-      for (const auto& [name, mat] : in.images) {
-        XCAM_CHECK(name != "image", "sample '{}': 'image' is the main image; name the others otherwise", in.id);
-        std::vector<float> x;
-        preprocess_into(mat, pre, x);
-        given[b0].images[name] =
-            torch::from_blob(x.data(), {3, pre.height, pre.width}, torch::kFloat32).clone().to(model.device());
-      }
-      given[b0].text = in.text;
-      given[b0].meta = in.meta;
+      XCAM_CHECK(!inputs->at(b0).images.count("image"),
+                 "sample '{}': 'image' is the main image; name the others otherwise", inputs->at(b0).id);
+      given[b0] = sample_of(inputs->at(b0));
     }
   for (int64_t b = 0; b < B; ++b) {
     const int64_t b0 = b % B0;
@@ -556,14 +553,20 @@ torch::jit::Module& Explainer::Impl::inference_model() {
   return *fast;
 }
 
-Batch Explainer::Impl::single_target(const at::Tensor& images, const Target& target, const std::string& id) {
+Batch Explainer::Impl::single_target(const at::Tensor& images, const Target& target, const std::string& id,
+                                     const Sample& like) {
   Batch out;
   const auto n = static_cast<size_t>(images.size(0));
   out.images = images;
   out.labels = labels;
   out.targets.assign(n, {target});
   out.ids.assign(n, id);
-  for (size_t i = 0; i < n; ++i) out.samples.push_back(Sample{id, {{"image", images[static_cast<int64_t>(i)]}}});
+  for (size_t i = 0; i < n; ++i) {
+    Sample s = like;
+    s.id = id;
+    s.images["image"] = images[static_cast<int64_t>(i)];
+    out.samples.push_back(std::move(s));
+  }
   plugin->prepare(model.module(), out);
   return out;
 }
@@ -579,8 +582,8 @@ Batch Explainer::Impl::repeat_sample(const Batch& batch, int64_t b, size_t rank,
 }
 
 std::vector<double> Explainer::Impl::probabilities(const at::Tensor& images, const Target& target,
-                                                   const std::string& id) {
-  Batch part = single_target(images, target, id);
+                                                   const std::string& id, const Sample& like) {
+  Batch part = single_target(images, target, id, like);
   const auto out = inference_model().forward(part.inputs);
   std::vector<double> p;
   plugin->score(out, part, 0, &p);
@@ -605,13 +608,41 @@ std::vector<Faithfulness> Explainer::faithfulness(const std::vector<float>& nchw
                                                   const std::vector<std::string>& ids,
                                                   const std::vector<MapResult>& maps,
                                                   const FaithfulnessOptions& o) {
-  return host_errors([&] { return impl_->faithfulness(nchw, batch, ids, maps, o); });
+  return host_errors([&] { return impl_->faithfulness(nchw, batch, ids, maps, o, nullptr); });
+}
+
+std::vector<Faithfulness> Explainer::faithfulness(const std::vector<SampleInput>& samples,
+                                                  const std::vector<MapResult>& maps,
+                                                  const FaithfulnessOptions& o) {
+  std::vector<float> nchw;
+  std::vector<std::string> ids;
+  for (const auto& s : samples) {
+    preprocess_into(s.image, impl_->pre, nchw);
+    ids.push_back(s.id);
+  }
+  return host_errors(
+      [&] { return impl_->faithfulness(nchw, static_cast<int64_t>(samples.size()), ids, maps, o, &samples); });
+}
+
+Sample Explainer::Impl::sample_of(const SampleInput& in) const {
+  Sample s;
+  s.id = in.id;
+  for (const auto& [name, mat] : in.images) {
+    std::vector<float> x;
+    preprocess_into(mat, pre, x);
+    s.images[name] = torch::from_blob(x.data(), {3, pre.height, pre.width}, torch::kFloat32).clone().to(model.device());
+  }
+  s.text = in.text;
+  s.requests = in.requests;
+  s.meta = in.meta;
+  return s;
 }
 
 std::vector<Faithfulness> Explainer::Impl::faithfulness(const std::vector<float>& nchw, int64_t batch,
                                                         const std::vector<std::string>& ids,
                                                         const std::vector<MapResult>& maps,
-                                                        const FaithfulnessOptions& o) {
+                                                        const FaithfulnessOptions& o,
+                                                        const std::vector<SampleInput>* inputs) {
   auto& m = *this;
   const auto& p = m.pre;
   const int64_t H = p.height, W = p.width, HW = H * W;
@@ -643,6 +674,11 @@ std::vector<Faithfulness> Explainer::Impl::faithfulness(const std::vector<float>
                "faithfulness: map for '{}' has {} values, expected {} x {} (the model's input size)", mr.image_id,
                mr.map.size(), H, W);
     const int64_t b = it - ids.begin();
+    if (mr.on != "image") {  // a map on another image: perturbing this one says nothing of it
+      out.emplace_back();
+      continue;
+    }
+    const Sample like = inputs != nullptr ? sample_of(inputs->at(b)) : Sample{};
     const auto x = images[b];
     const auto sal = torch::from_blob(const_cast<float*>(mr.map.data()), {HW}, torch::kFloat32).to(dev, false, true);
     // rank[p]: position of pixel p in descending map order, ties in pixel order
@@ -678,7 +714,7 @@ std::vector<Faithfulness> Explainer::Impl::faithfulness(const std::vector<float>
     std::vector<double> probs;
     probs.reserve(static_cast<size_t>(total));
     for (int64_t j0 = 0; j0 < total; j0 += o.chunk) {
-      const auto part = m.probabilities(build(j0, std::min(total, j0 + o.chunk)), t, mr.image_id);
+      const auto part = m.probabilities(build(j0, std::min(total, j0 + o.chunk)), t, mr.image_id, like);
       probs.insert(probs.end(), part.begin(), part.end());
     }
 

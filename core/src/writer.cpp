@@ -253,7 +253,7 @@ std::optional<std::vector<ItemRecord>> finished_item(const fs::path& record, con
     std::vector<ItemRecord> rs;
     for (const auto& item : j.at("records")) rs.push_back(from_json(item));
     const bool complete = std::all_of(rs.begin(), rs.end(), [&](const ItemRecord& r) {
-      return (!out.faithfulness || (r.deletion && r.insertion && r.drop && r.increase)) &&
+      return (!out.faithfulness || r.on != "image" || (r.deletion && r.insertion && r.drop && r.increase)) &&
              std::all_of(r.outputs.begin(), r.outputs.end(),
                          [&](const std::string& o) { return fs::exists(fs::path(out.dir) / o); });
     });
@@ -352,7 +352,7 @@ struct Writer {
     r.warnings = m.warnings;
     r.meta = item.spec.meta;  // the manifest line's other keys, then what the plugin reports
     for (const auto& [k, v] : m.meta) r.meta[k] = v;
-    if (f) {
+    if (f && m.on == "image") {
       r.deletion = f->deletion;
       r.insertion = f->insertion;
       r.drop = f->drop;
@@ -455,7 +455,7 @@ struct Writer {
       try {
         maps = ex.explain(samples, &t);
         // The metric forwards are not part of the explanation's timings.
-        if (out.faithfulness) faith = ex.faithfulness(rgb, ids, maps, *out.faithfulness);
+        if (out.faithfulness) faith = ex.faithfulness(samples, maps, *out.faithfulness);
       } catch (const std::exception& e) {
         if (group.size() > 1)
           for (size_t i : group) groups.push_back({i});

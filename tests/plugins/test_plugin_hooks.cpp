@@ -164,4 +164,43 @@ TEST(Siamese, OnePassMapsBothImagesLikeFloat64) {
   EXPECT_EQ(xcam::read_npy(tmp / "o/q_similarity.npy").shape, (std::vector<int64_t>{32, 32}));
 }
 
+// (f) Score-CAM and the faithfulness metrics with the siamese plugin: the
+// perturbed copies of each sample keep its own reference, so a batch of two
+// samples gives what each gives alone.
+TEST(Siamese, PerturbationPathsEqualEachSampleAlone) {
+  const auto zoo = [](const std::string& f) { return xcam::test::models("attention/" + f); };
+  xcam::ExplainerOptions o;
+  o.model = zoo("siamese_traced.pt");
+  o.plugin = std::string(XCAM_FAKE_PLUGIN_DIR) + "/siamese/libxcam_plugin_siamese.so";
+  o.layers = {"query"};
+  o.score_chunk = 8;
+  const auto q = xcam::load_rgb(zoo("siamese_query.png")), r = xcam::load_rgb(zoo("siamese_reference.png"));
+  std::vector<xcam::SampleInput> two(2);
+  two[0].id = "a";
+  two[0].image = q;
+  two[0].images["reference"] = r;
+  two[1].id = "b";
+  two[1].image = r;
+  two[1].images["reference"] = q;
+  for (const std::string method : {"scorecam", "ablationcam"}) {
+    o.method = method;
+    xcam::Explainer ex(o);
+    const auto both = ex.explain(two);
+    ASSERT_EQ(both.size(), 2u);
+    const auto f_both = ex.faithfulness(two, both);
+    for (size_t i = 0; i < 2; ++i) {
+      const std::vector<xcam::SampleInput> one{two[i]};
+      const auto alone = ex.explain(one);
+      EXPECT_LT(xcam::test::max_abs_diff(both[i].map, alone[0].map, 0), 1e-5) << method << " sample " << i;
+      // The same map scored alone (maps from a batch and alone differ by
+      // ~1e-6, enough to reorder near-equal pixels of the deletion curve).
+      const auto f_alone = ex.faithfulness(one, {both[i]});
+      EXPECT_NEAR(f_both[i].deletion, f_alone[0].deletion, 1e-6) << method;
+      EXPECT_NEAR(f_both[i].insertion, f_alone[0].insertion, 1e-6) << method;
+      EXPECT_NEAR(f_both[i].base, both[i].score, 1e-5) << "faithfulness scores the sample with its own reference";
+    }
+    EXPECT_GT(xcam::test::max_abs_diff(both[0].map, both[1].map, 0), 0.05);
+  }
+}
+
 }  // namespace

@@ -177,6 +177,12 @@ class Explainer {
   std::vector<Faithfulness> faithfulness(const std::vector<float>& nchw, int64_t batch,
                                          const std::vector<std::string>& ids, const std::vector<MapResult>& maps,
                                          const FaithfulnessOptions& options = {});
+  // The same for whole samples (their other images, text and metadata reach
+  // the plugin as in explain()). Maps drawn on another image than "image"
+  // get a default Faithfulness (all zero): perturbing "image" says nothing
+  // of them.
+  std::vector<Faithfulness> faithfulness(const std::vector<SampleInput>& samples, const std::vector<MapResult>& maps,
+                                         const FaithfulnessOptions& options = {});
   // The same for 8-bit RGB images of any size (preprocessed as explain does).
   std::vector<Faithfulness> faithfulness(const std::vector<cv::Mat>& images, const std::vector<std::string>& ids,
                                          const std::vector<MapResult>& maps,
