@@ -6,6 +6,8 @@
 // carry the per-sample state into the perturbation paths.
 #include <torch/version.h>
 
+#include <nlohmann/json.hpp>
+
 #include "xcam/plugin.h"
 
 #ifndef PLUGIN_MINOR
@@ -16,7 +18,21 @@ namespace {
 
 class ClassifierPlugin final : public xcam::ArchPlugin {
  public:
-  ClassifierPlugin(const XcamHost*, const char*) {}
+  // Option {"words": true}: decode() "generates" a three-word caption per
+  // sample, the classes ranked 1, 2, 1 (a repeated word), and each word is a
+  // target (a captioner's map per generated word).
+  ClassifierPlugin(const XcamHost*, const char* options) {
+    const auto o = nlohmann::json::parse(options ? options : "{}", nullptr, false);
+    XCAM_CHECK(o.is_object(), "classifier test plugin: options must be a JSON object, got '{}'", options);
+    words_ = o.value("words", false);
+  }
+
+  void decode(torch::jit::Module& model, xcam::Batch& b) const override {
+    if (!words_) return;
+    torch::NoGradGuard no_grad;
+    const auto top2 = std::get<1>(model.forward(b.inputs).toTensor().topk(2, 1));
+    b.extras["caption"] = at::stack({top2.select(1, 0), top2.select(1, 1), top2.select(1, 0)}, 1);
+  }
   xcam::Preprocess preprocess() const override {
     xcam::Preprocess p;
     p.height = p.width = 128;
@@ -43,6 +59,21 @@ class ClassifierPlugin final : public xcam::ArchPlugin {
   void resolve_targets(const c10::IValue& output, const xcam::TargetRequest& req, xcam::Batch& b) const override {
     const auto logits = output.toTensor().detach();
     b.targets.assign(req.per_sample.size(), {});
+    if (words_) {
+      const auto caption = b.extras.at("caption").toTensor();
+      for (size_t i = 0; i < req.per_sample.size(); ++i)
+        for (int64_t step = 0; step < caption.size(1); ++step) {
+          xcam::Target t;
+          t.kind = "token";
+          t.step = step;
+          t.index = caption[static_cast<int64_t>(i)][step].item<int64_t>();
+          t.label = "w" + std::to_string(t.index);
+          t.explains = "word " + std::to_string(step) + " of the caption";
+          t.payload["sample"] = b.samples.at(i).id;
+          b.targets[i].push_back(t);
+        }
+      return;
+    }
     for (size_t i = 0; i < req.per_sample.size(); ++i) {
       xcam::Target t;
       const auto& r = req.per_sample[i].at(0);
@@ -83,8 +114,17 @@ class ClassifierPlugin final : public xcam::ArchPlugin {
     // What prepare() could compute from a second image: here its mean.
     if (sample.images.count("reference"))
       m["reference_mean"] = std::to_string(sample.images.at("reference").mean().item<double>());
+    if (words_) {
+      std::string caption;
+      const auto c = b.extras.at("caption").toTensor()[i];
+      for (int64_t t = 0; t < c.size(0); ++t) caption += (t ? " w" : "w") + std::to_string(c[t].item<int64_t>());
+      m["caption"] = caption;
+    }
     return m;
   }
+
+ private:
+  bool words_ = false;
 };
 
 xcam::ArchPlugin* create(const XcamHost* h, const char* o) { return new ClassifierPlugin(h, o); }

@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "../common.h"
 #include "../unit/explain_util.h"
@@ -76,6 +77,36 @@ TEST(PluginHooks, PerturbationPathsCarryEachSamplesState) {
     EXPECT_NEAR(f_both[1].deletion, f_alone[0].deletion, 1e-6) << method;
     EXPECT_NEAR(f_both[1].insertion, f_alone[0].insertion, 1e-6) << method;
   }
+}
+
+// (c) decode, then one target per generated word, a word repeated: each
+// map its own files and record, the repeated word's two maps equal.
+TEST(Decode, RepeatedWordsGetTheirOwnFilesAndRecords) {
+  xcam::test::TempDir tmp("words");
+  const auto r = xcam::test::run_command(
+      xcam::test::xcam_cmd() + "explain --plugin " + plugin("classifier21") + " --plugin-options '{\"words\": true}'" +
+      " --model " + xcam::test::source("zoo/models/shapes_cnn_traced.pt") + " --layer block3 --out " + (tmp / "o") +
+      " " + xcam::test::source("zoo/data/shapes/val_000.png"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::ifstream in(tmp / "o/results.json");
+  auto rows = nlohmann::json::parse(in);
+  ASSERT_EQ(rows.size(), 3u) << rows.dump(1);
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a["rank"] < b["rank"]; });
+  std::set<std::string> files;
+  for (const auto& row : rows)
+    for (const auto& o : row["outputs"]) files.insert(o.get<std::string>());
+  EXPECT_EQ(files.size(), 6u) << rows.dump(1);
+  const std::string w0 = rows[0]["target"], w1 = rows[1]["target"];
+  EXPECT_EQ(rows[2]["target"], w0);
+  EXPECT_NE(w0, w1);
+  EXPECT_EQ(rows[0]["outputs"][0], "val_000_" + w0 + "_r0.npy");
+  EXPECT_EQ(rows[1]["outputs"][0], "val_000_" + w1 + ".npy");
+  EXPECT_EQ(rows[2]["outputs"][0], "val_000_" + w0 + "_r2.npy");
+  EXPECT_EQ(rows[0]["meta"]["caption"], w0 + " " + w1 + " " + w0);
+  EXPECT_EQ(xcam::read_npy(tmp / ("o/val_000_" + w0 + "_r0.npy")).f32,
+            xcam::read_npy(tmp / ("o/val_000_" + w0 + "_r2.npy")).f32);
+  EXPECT_NE(xcam::read_npy(tmp / ("o/val_000_" + w0 + "_r0.npy")).f32,
+            xcam::read_npy(tmp / ("o/val_000_" + w1 + ".npy")).f32);
 }
 
 // A JSON Lines manifest: a sample with a second named image, a prompt, its
