@@ -239,6 +239,11 @@ int main(int argc, char** argv) {
   layers->add_option("model", layers_model, "TorchScript model file")->required();
   layers->add_option("--size", layers_size, "Sample input height and width")->expected(2)->capture_default_str();
   std::string layers_ops;
+  Common layers_common;
+  layers->add_option("--plugin", layers_common.plugin,
+                     "Feed the model through this plugin's prepare() (models with other inputs than one image)");
+  layers->add_option("--plugin-dir", layers_common.plugin_dirs, "Directory searched for plugins");
+  layers->add_option("--plugin-options", layers_common.plugin_options, "Plugin options as a JSON object");
   layers->add_option("--ops", layers_ops,
                      "List the ops inside this module's forward instead (tappable as MODULE/OP, MODULE/OP#J)");
   layers->footer("Tap syntax (--layer, layers:): PATH, PATH@CALL, PATH[ELEMENT] (tuple outputs), PATH:in / :inK\n"
@@ -373,15 +378,26 @@ int main(int argc, char** argv) {
       return summary.failed > 0 ? 1 : 0;
     }
     if (*layers) {
-      const auto list = layers_ops.empty() ? xcam::list_layers(layers_model, layers_size[0], layers_size[1])
-                                           : xcam::list_ops(layers_model, layers_ops, layers_size[0], layers_size[1]);
+      xcam::ProbeInput probe;
+      probe.height = layers_size[0];
+      probe.width = layers_size[1];
+      if (layers->count("--plugin") > 0) {
+        probe.plugin = layers_common.plugin;
+        probe.plugin_dirs = layers_common.plugin_dirs;
+        probe.plugin_options = layers_common.plugin_options;
+        if (layers->count("--size") == 0) probe.height = probe.width = 0;  // the plugin's size
+      }
+      const auto list = layers_ops.empty() ? xcam::list_layers(layers_model, probe)
+                                           : xcam::list_ops(layers_model, layers_ops, probe);
       size_t w = 4, tw = 4;
       for (const auto& l : list) {
         w = std::max(w, l.path.size());
         tw = std::max(tw, l.type.size());
       }
-      std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", "path", w, "type", tw, "calls", "output (1 x 3 x "
-                               + std::to_string(layers_size[0]) + " x " + std::to_string(layers_size[1]) + ")");
+      const std::string fed = probe.plugin.empty()
+                                  ? fmt::format("output (1 x 3 x {} x {})", probe.height, probe.width)
+                                  : "output (input from plugin " + probe.plugin + ")";
+      std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", "path", w, "type", tw, "calls", fed);
       for (const auto& l : list)
         std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", l.path, w, l.type, tw, l.calls, l.shape);
       return 0;

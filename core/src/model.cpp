@@ -592,31 +592,66 @@ TappedForward::Result TappedForward::run(const std::vector<c10::IValue>& inputs,
 // ------------------------------------------------------------ inspection ----
 
 #include "xcam/inspect.h"
+#include "xcam/plugin.h"
+#include "xcam/plugin_loader.h"
 
 namespace xcam {
 
 namespace {
 
-// The model's forward on one random 1 x 3 x H x W image with `taps`, or a
-// one-line error when the model cannot be fed that way.
-std::vector<at::Tensor> probe_shapes(Model& model, const std::vector<std::string>& taps, int64_t height,
-                                     int64_t width) {
-  const auto& schema = model.module().get_method("forward").function().getSchema();
-  std::vector<std::string> args;
-  for (size_t i = 1; i < schema.arguments().size(); ++i)
-    if (!schema.arguments()[i].default_value()) args.push_back(schema.arguments()[i].name());
-  XCAM_CHECK(args.size() == 1,
-             "model {} takes {} inputs in forward({}); `xcam layers` feeds one image tensor 1 x 3 x {} x {}, so it "
-             "lists only models with one input",
-             model.path(), args.size(), fmt::join(args, ", "), height, width);
-  TappedForward all(model, taps);
+// The forward inputs the listings feed: a random image, or what the
+// plugin's prepare() makes of one. Plugin errors are re-raised as the host's
+// before the plugin's library is closed.
+std::vector<c10::IValue> probe_inputs(Model& model, const ProbeInput& in) {
   torch::manual_seed(0);
+  if (in.plugin.empty()) {
+    const auto& schema = model.module().get_method("forward").function().getSchema();
+    std::vector<std::string> args;
+    for (size_t i = 1; i < schema.arguments().size(); ++i)
+      if (!schema.arguments()[i].default_value()) args.push_back(schema.arguments()[i].name());
+    XCAM_CHECK(args.size() == 1,
+               "model {} takes {} inputs in forward({}); without a plugin `xcam layers` feeds one image tensor, so "
+               "name the plugin that builds its inputs: --plugin NAME",
+               model.path(), args.size(), fmt::join(args, ", "));
+    return {torch::randn({1, 3, in.height, in.width})};
+  }
+  const auto lib = find_plugin(in.plugin, plugin_search_path(in.plugin_dirs));
+  const auto& d = lib->descriptor();
+  std::unique_ptr<ArchPlugin, void (*)(ArchPlugin*)> plugin(d.create(plugin_host(), in.plugin_options.c_str()),
+                                                           d.destroy);
+  XCAM_CHECK(plugin != nullptr, "plugin '{}' refused its options {}", lib->file(), in.plugin_options);
   try {
-    return all.run({torch::randn({1, 3, height, width})}, /*record_grad=*/false).taps;
+    auto pre = plugin->preprocess();
+    if (in.height > 0) pre.height = in.height;
+    if (in.width > 0) pre.width = in.width;
+    Batch b;
+    b.images = torch::randn({1, 3, pre.height, pre.width});
+    b.ids = {"probe"};
+    b.samples = {Sample{"probe", {{"image", b.images[0]}}}};
+    plugin->prepare(model.module(), b);
+    return b.inputs;
+  } catch (const c10::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("plugin '{}' could not feed {}: {}", in.plugin, model.path(), e.what()), __FILE__,
+                __LINE__);
+  }
+}
+
+// The model's forward on the probe input with `taps`, or a one-line error
+// when the model cannot be fed that way.
+std::vector<at::Tensor> probe_shapes(Model& model, const std::vector<std::string>& taps, const ProbeInput& in) {
+  const auto inputs = probe_inputs(model, in);
+  TappedForward all(model, taps);
+  try {
+    return all.run(inputs, /*record_grad=*/false).taps;
   } catch (const c10::Error& e) {
     std::string why = e.what_without_backtrace();
-    XCAM_THROW("model {} fails on a random 1 x 3 x {} x {} image: {}; give the size it expects with --size H W",
-               model.path(), height, width, why.substr(0, why.find('\n')));
+    XCAM_THROW("model {} fails on the probe input ({}): {}; give the size it expects with --size H W, or the "
+               "plugin that feeds it with --plugin",
+               model.path(), in.plugin.empty() ? fmt::format("a random 1 x 3 x {} x {} image", in.height, in.width)
+                                               : "made by plugin " + in.plugin,
+               why.substr(0, why.find('\n')));
   }
 }
 
@@ -635,7 +670,7 @@ size_t tuple_size(Model& model, const std::string& path) {
 
 }  // namespace
 
-std::vector<LayerInfo> list_layers(const std::string& model_path, int64_t height, int64_t width) {
+std::vector<LayerInfo> list_layers(const std::string& model_path, const ProbeInput& in) {
   Model model = Model::load(model_path);
   std::vector<LayerInfo> out;
   std::vector<std::string> ok;
@@ -666,7 +701,7 @@ std::vector<LayerInfo> list_layers(const std::string& model_path, int64_t height
     }
   }
   if (!ok.empty()) {
-    const auto shapes = probe_shapes(model, ok, height, width);
+    const auto shapes = probe_shapes(model, ok, in);
     size_t k = 0;
     for (auto& info : out)
       if (info.tappable) info.shape = c10::str(shapes[k++].sizes());
@@ -688,8 +723,7 @@ std::vector<LayerInfo> list_layers(const std::string& model_path, int64_t height
   return out;
 }
 
-std::vector<LayerInfo> list_ops(const std::string& model_path, const std::string& module_path, int64_t height,
-                                int64_t width) {
+std::vector<LayerInfo> list_ops(const std::string& model_path, const std::string& module_path, const ProbeInput& in) {
   Model model = Model::load(model_path);
   std::optional<torch::jit::Module> owner;
   for (const auto& item : model.module().named_modules())
@@ -742,7 +776,7 @@ std::vector<LayerInfo> list_ops(const std::string& model_path, const std::string
   };
   visit(graph->block(), false);
   if (!ok.empty()) {
-    const auto shapes = probe_shapes(model, ok, height, width);
+    const auto shapes = probe_shapes(model, ok, in);
     size_t k = 0;
     for (auto& info : out)
       if (info.tappable) info.shape = c10::str(shapes[k++].sizes());

@@ -79,6 +79,22 @@ TEST(PluginHooks, PerturbationPathsCarryEachSamplesState) {
   }
 }
 
+// `xcam layers --plugin`: the model is fed through the plugin's prepare(),
+// at the plugin's size unless --size says otherwise; a plugin that cannot
+// build the inputs says why in one line.
+TEST(Layers, FedThroughThePlugin) {
+  const auto model = xcam::test::source("zoo/models/shapes_cnn_traced.pt");
+  const auto l = xcam::test::run_command(xcam::test::xcam_cmd() + "layers " + model + " --plugin " +
+                                         plugin("classifier21"));
+  ASSERT_EQ(l.status, 0) << l.output;
+  EXPECT_NE(l.output.find("input from plugin"), std::string::npos) << l.output;
+  EXPECT_NE(l.output.find("[1, 128, 16, 16]"), std::string::npos) << l.output;  // block4 at the plugin's 128 x 128
+  const auto siamese = std::string(XCAM_FAKE_PLUGIN_DIR) + "/siamese/libxcam_plugin_siamese.so";
+  const auto s = xcam::test::run_command(xcam::test::xcam_cmd() + "layers " +
+                                         xcam::test::models("attention/siamese_traced.pt") + " --plugin " + siamese);
+  xcam::test::expect_one_line_error(s, "has no reference image");
+}
+
 // (c) decode, then one target per generated word, a word repeated: each
 // map its own files and record, the repeated word's two maps equal.
 TEST(Decode, RepeatedWordsGetTheirOwnFilesAndRecords) {

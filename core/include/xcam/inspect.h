@@ -15,17 +15,26 @@ struct LayerInfo {
   bool tappable = false;
 };
 
-// Every submodule of the TorchScript model with its output shape for one
-// random input of 1 x 3 x height x width; a module that returns a tuple is
-// followed by a row per element (`path[k]`). Throws xcam::Error, in one
-// line, for a model that takes more than one input or fails on that image.
-std::vector<LayerInfo> list_layers(const std::string& model_path, int64_t height, int64_t width);
+// How the listings feed the model: one random image 1 x 3 x height x width,
+// as the model's only input, or through a plugin's prepare() (the plugin's
+// own size when height is 0), which builds whatever inputs its models take.
+struct ProbeInput {
+  int64_t height = 224, width = 224;
+  std::string plugin;  // empty: no plugin
+  std::vector<std::string> plugin_dirs;
+  std::string plugin_options = "{}";
+};
 
-// The aten ops of one module's own forward, in order, tappable as
-// `module/op` (`module/op#j` when the op runs more than once), with their
-// output shapes for the same input; ops inside an if or a loop are listed as
-// not tappable.
-std::vector<LayerInfo> list_ops(const std::string& model_path, const std::string& module_path, int64_t height,
-                                int64_t width);
+// Every submodule of the TorchScript model with its output shape for the
+// probe input; a module that returns a tuple is followed by a row per
+// element (`path[k]`). Throws xcam::Error, in one line, for a model that
+// cannot be fed (several inputs and no plugin, or it fails on the input).
+std::vector<LayerInfo> list_layers(const std::string& model_path, const ProbeInput& in);
+
+// The aten ops (and function calls) of one module's own forward, in order,
+// tappable as `module/op` (`module/op#j` when the op runs more than once),
+// with their output shapes for the probe input; ops inside an if or a loop
+// are listed as not tappable.
+std::vector<LayerInfo> list_ops(const std::string& model_path, const std::string& module_path, const ProbeInput& in);
 
 }  // namespace xcam
