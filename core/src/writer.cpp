@@ -442,13 +442,7 @@ struct Writer {
     for (size_t gi = 0; gi < groups.size(); ++gi) {
       const auto group = groups[gi];
       std::vector<SampleInput> samples;
-      std::vector<cv::Mat> rgb;
-      std::vector<std::string> ids;
-      for (size_t i : group) {
-        samples.push_back(input_of(items[i]));
-        rgb.push_back(items[i].rgb);
-        ids.push_back(items[i].id);
-      }
+      for (size_t i : group) samples.push_back(input_of(items[i]));
       std::vector<MapResult> maps;
       std::vector<Faithfulness> faith;
       StageTimes t;
