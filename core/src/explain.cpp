@@ -159,6 +159,9 @@ struct Explainer::Impl {
                                          const FaithfulnessOptions& o, const std::vector<SampleInput>* inputs);
 
   void init(ExplainerOptions options);
+  // Channel and perturbation methods refuse taps that hold attention
+  // probabilities (a softmax op, nn.MultiheadAttention's weights).
+  void check_taps_fit_method() const;
   // `inputs` (optional): the samples' other images, text and metadata.
   std::vector<MapResult> run(const at::Tensor& images, const std::vector<std::string>& ids,
                              const std::vector<std::vector<std::string>>& requests, StageTimes* times,
@@ -221,6 +224,24 @@ void Explainer::Impl::init(ExplainerOptions options) {
   for (auto& l : m.layers)
     if (const auto it = aliases.find(l); it != aliases.end()) l = it->second;
   m.tapped = std::make_unique<TappedForward>(m.model, m.layers);
+  m.check_taps_fit_method();
+}
+
+void Explainer::Impl::check_taps_fit_method() const {
+  if (method->kind != methods::Kind::channel && method->kind != methods::Kind::perturbation) return;
+  std::map<std::string, std::string> type_of;
+  for (const auto& item : model.module().named_modules())
+    type_of[item.name] = item.value.type()->name() ? item.value.type()->name()->name() : "";
+  for (const auto& t : tapped->taps()) {
+    // Attention probabilities (B x heads x N x N) would pass for a 4-d feature map.
+    const bool softmax = t.part == TapPoint::Part::op && (t.op == "softmax" || t.op == "_softmax");
+    const bool mha_weights = t.part == TapPoint::Part::element && t.index == 1 &&
+                             type_of[t.path].find("MultiheadAttention") != std::string::npos;
+    XCAM_CHECK(!softmax && !mha_weights,
+               "layer '{}' holds attention probabilities, not feature maps; method '{}' reads feature maps. Use "
+               "--method attention, rollout or relevancy (with --patch), or tap a module's output",
+               t.text, method->name);
+  }
 }
 
 Explainer::~Explainer() {

@@ -110,6 +110,12 @@ TEST(AttentionMethodErrors, GridAndTapMistakesAreNamed) {
   o.attention.patch_h = o.attention.patch_w = 16;
   EXPECT_NE(error_of(o).find("the attention has 17 tokens; 1 prefix token(s) and a 2 x 2 grid"), std::string::npos)
       << error_of(o);
+  // A CAM method on attention probabilities: refused, not taken as a 17 x 17 image.
+  auto cam = xcam::test::cnn_options(zoo("vit_timm_scripted.pt"), kProbs[1], 32, "gradcam");
+  EXPECT_NE(error_of(cam).find("holds attention probabilities, not feature maps"), std::string::npos)
+      << error_of(cam);
+  auto mha = xcam::test::cnn_options(zoo("mha_scripted.pt"), "encoder.blocks.1.attn.attn[1]", 32, "scorecam");
+  EXPECT_NE(error_of(mha).find("holds attention probabilities"), std::string::npos) << error_of(mha);
   o.attention.patch_h = o.attention.patch_w = 8;
   o.layers = {"encoder.blocks.1.norm1"};
   EXPECT_NE(error_of(o).find("attention methods read attention probabilities B x heads x N x N"), std::string::npos)
