@@ -47,6 +47,8 @@ check -DXCAM_WITH_CUDA kernels/src/dispatch.cpp
 check core/src/model.cpp
 check core/src/explain.cpp
 check core/src/runtime_info.cpp
+check core/src/methods.cpp
+check core/src/views.cpp
 check -DXCAM_WITH_ONEDNN core/src/onednn_convs.cpp
 check plugins/cnn/cnn_plugin.cpp
 [ $status -eq 0 ] && echo "check_torch2: torch $VERSION: all translation units compile"
