@@ -438,6 +438,9 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
   times->cam_ms += ms_since(t);
 
   const int64_t ref = static_cast<int64_t>(set.reference);
+  std::vector<std::map<std::string, std::string>> meta(static_cast<size_t>(B0));  // ABI 2.1, once per sample
+  if (plugin_minor >= 1)
+    for (int64_t b0 = 0; b0 < B0; ++b0) meta[b0] = plugin->metadata(fwd.output, batch, ref * B0 + b0);
   for (size_t gi = 0; gi < groups.size(); ++gi)
     for (int64_t b0 = 0; b0 < B0 && !groups[gi].second.empty(); ++b0) {
       const int64_t b = ref * B0 + b0;  // the view that gives target and score
@@ -450,7 +453,7 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
       m.target_label = tg.label;
       m.target_index = tg.index;
       m.target = tg;
-      if (plugin_minor >= 1) m.meta = plugin->metadata(fwd.output, batch, b);  // ABI 2.1
+      m.meta = meta[b0];
       m.score = b < static_cast<int64_t>(scores.size()) ? scores[b] : y[b].item<double>();
       m.height = H;
       m.width = W;
@@ -686,6 +689,10 @@ std::vector<Faithfulness> Explainer::Impl::faithfulness(const std::vector<float>
 
   const int64_t n = o.steps > 0 ? o.steps : std::max<int64_t>(1, std::llround(std::sqrt(double(HW))));
   const int64_t step = (HW + n - 1) / n;
+  // Each sample's other images, text and metadata, preprocessed once.
+  std::vector<Sample> likes(static_cast<size_t>(batch));
+  if (inputs != nullptr)
+    for (int64_t b = 0; b < batch; ++b) likes[b] = sample_of(inputs->at(b));
   std::vector<Faithfulness> out;
   out.reserve(maps.size());
   for (const auto& mr : maps) {
@@ -699,7 +706,7 @@ std::vector<Faithfulness> Explainer::Impl::faithfulness(const std::vector<float>
       out.emplace_back();
       continue;
     }
-    const Sample like = inputs != nullptr ? sample_of(inputs->at(b)) : Sample{};
+    const Sample& like = likes[b];
     const auto x = images[b];
     const auto sal = torch::from_blob(const_cast<float*>(mr.map.data()), {HW}, torch::kFloat32).to(dev, false, true);
     // rank[p]: position of pixel p in descending map order, ties in pixel order
