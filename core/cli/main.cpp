@@ -137,14 +137,9 @@ double median(std::vector<double> v) {
   return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"xcam: class-activation maps for TorchScript models"};
-  app.require_subcommand(1);
-  app.set_version_flag("--version", "xcam 0.1.0");
-
-  // ---- explain
+// Each subcommand: its options (add, before parsing) and what it does (run).
+struct ExplainCommand {
+  CLI::App* cmd = nullptr;
   ModelFlags fe;
   std::vector<std::string> images;
   xcam::OutputOptions out;
@@ -152,43 +147,84 @@ int main(int argc, char** argv) {
   int batch = 8;
   bool panel = false;
   std::string target = "top1";
-  auto* explain = app.add_subcommand("explain", "Explain images with one model, method and target")
-                      ->footer("Outputs, per image and target, in --out DIR:\n"
-                               "  <image stem>_<target>.npy  float32 map at image resolution, in [0, 1]\n"
-                               "  <image stem>_<target>.png  overlay (colormap blended with the image)\n"
-                               "  <image stem>_<target>_panel.png  with --panel: image | heatmap | overlay\n"
-                               "  results.json, results.csv  one row per map: score, timings, metrics (merged\n"
-                               "                             with the rows of earlier runs in DIR)\n"
-                               "<target> is the class name (from --labels) or the class index; _r<rank> is\n"
-                               "added where two targets share one, and parent folders to the stem where two\n"
-                               "inputs share one. A re-run resumes only inputs explained with the same\n"
-                               "model, layers, method, targets, size and outputs (docs/yaml.md).");
-  fe.add(explain, true);
-  one_each(explain->add_option("--layer", fe.eo.layers,
-                               "Layer to tap (a tap: layer4, enc@1, attn[1], attn:in, attn/softmax; docs/yaml.md); "
-                               "repeat to aggregate"));
-  explain->add_option("--method", fe.eo.method, "Method: " + fmt::format("{}", fmt::join(xcam::available_methods(), ", ")))->capture_default_str();
-  explain->add_option("--target", target, "top1 | topK | class index | class name (comma-separated for several)")->capture_default_str();
-  explain->add_option("--batch", batch, "Images per forward")->capture_default_str();
-  explain->add_option("--out", out.dir, "Output directory")->required();
-  explain->add_option("--colormap", out.colormap, "jet, viridis, turbo, inferno or gray")->capture_default_str();
-  explain->add_option("--alpha", out.alpha, "Image weight of the overlay")->capture_default_str();
-  explain->add_flag("--panel", panel, "Also write titled panels");
-  explain->add_option("--boxes", boxes_file, "Ground-truth boxes (JSON) for the pointing game");
   std::string manifest;
-  explain->add_option("--manifest", manifest,
-                      "Samples as JSON Lines: image, and optionally id, images (other named images), text, "
-                      "targets, any other key as metadata (docs/yaml.md)");
-  explain->add_option("images", images, "Image files");
 
-  // ---- run
+  void add(CLI::App& app) {
+    cmd = app.add_subcommand("explain", "Explain images with one model, method and target")
+                        ->footer("Outputs, per image and target, in --out DIR:\n"
+                                 "  <image stem>_<target>.npy  float32 map at image resolution, in [0, 1]\n"
+                                 "  <image stem>_<target>.png  overlay (colormap blended with the image)\n"
+                                 "  <image stem>_<target>_panel.png  with --panel: image | heatmap | overlay\n"
+                                 "  results.json, results.csv  one row per map: score, timings, metrics (merged\n"
+                                 "                             with the rows of earlier runs in DIR)\n"
+                                 "<target> is the class name (from --labels) or the class index; _r<rank> is\n"
+                                 "added where two targets share one, and parent folders to the stem where two\n"
+                                 "inputs share one. A re-run resumes only inputs explained with the same\n"
+                                 "model, layers, method, targets, size and outputs (docs/yaml.md).");
+    fe.add(cmd, true);
+    one_each(cmd->add_option("--layer", fe.eo.layers,
+                                 "Layer to tap (a tap: layer4, enc@1, attn[1], attn:in, attn/softmax; docs/yaml.md); "
+                                 "repeat to aggregate"));
+    cmd->add_option("--method", fe.eo.method, "Method: " + fmt::format("{}", fmt::join(xcam::available_methods(), ", ")))->capture_default_str();
+    cmd->add_option("--target", target, "top1 | topK | class index | class name (comma-separated for several)")->capture_default_str();
+    cmd->add_option("--batch", batch, "Images per forward")->capture_default_str();
+    cmd->add_option("--out", out.dir, "Output directory")->required();
+    cmd->add_option("--colormap", out.colormap, "jet, viridis, turbo, inferno or gray")->capture_default_str();
+    cmd->add_option("--alpha", out.alpha, "Image weight of the overlay")->capture_default_str();
+    cmd->add_flag("--panel", panel, "Also write titled panels");
+    cmd->add_option("--boxes", boxes_file, "Ground-truth boxes (JSON) for the pointing game");
+    cmd->add_option("--manifest", manifest,
+                        "Samples as JSON Lines: image, and optionally id, images (other named images), text, "
+                        "targets, any other key as metadata (docs/yaml.md)");
+    cmd->add_option("images", images, "Image files");
+  }
+
+  int run() {
+    xcam::set_threads(fe.common.threads);
+    auto eo = fe.options();
+    eo.targets = split(target, ',');
+    out.save_panel = panel;
+    std::map<std::string, std::vector<xcam::Box>> boxes;
+    if (!boxes_file.empty()) boxes = xcam::read_boxes(boxes_file);
+    xcam::Explainer ex(eo);
+    std::vector<xcam::ItemRecord> records;
+    xcam::RunSummary summary;
+    XCAM_CHECK(manifest.empty() || images.empty(), "explain takes images or --manifest, not both");
+    XCAM_CHECK(!manifest.empty() || !images.empty(), "explain needs images (files) or --manifest FILE.jsonl");
+    const auto samples = manifest.empty() ? xcam::samples_of(images) : xcam::read_manifest(manifest);
+    xcam::explain_and_write(ex, samples, std::max(1, batch), eo.targets, boxes_file.empty() ? nullptr : &boxes, out,
+                            records, summary, {}, "explain");
+    xcam::write_results(out.dir, records);
+    xcam::print_summary(summary);
+    return summary.failed > 0 ? 1 : 0;
+  }
+};
+
+struct RunCommand {
+  CLI::App* cmd = nullptr;
   std::string config;
   xcam::RunOptions run_opt;
-  auto* run = app.add_subcommand("run", "Run a YAML experiment (resumes; --force redoes)");
-  run->add_option("config", config, "Experiment YAML")->required();
-  run->add_flag("--force", run_opt.force, "Redo items that are already finished");
 
-  // ---- compare
+  void add(CLI::App& app) {
+    cmd = app.add_subcommand("run", "Run a YAML experiment (resumes; --force redoes)");
+    cmd->add_option("config", config, "Experiment YAML")->required();
+    cmd->add_flag("--force", run_opt.force, "Redo items that are already finished");
+  }
+
+  int run() {
+    const auto cfg = xcam::load_experiment(config);
+    std::cout << fmt::format("experiment '{}': {} images, methods {}, {} layer set(s), outputs in {}\n", cfg.name,
+                             cfg.images.size(), fmt::join(cfg.methods, ", "), cfg.layer_sets.size(),
+                             cfg.outputs.dir);
+    const auto summary = xcam::run_experiment(cfg, run_opt);
+    xcam::print_summary(summary, !cfg.compare);
+    if (cfg.compare) print_comparison(summary, cfg.compare->sort_by, cfg.outputs.dir);
+    return summary.failed > 0 ? 1 : 0;
+  }
+};
+
+struct CompareCommand {
+  CLI::App* cmd = nullptr;
   ModelFlags fc;
   std::vector<std::string> cmp_args, cmp_layers;
   std::string cmp_methods = fmt::format("{}", fmt::join(xcam::cam_methods(), ","));
@@ -198,276 +234,304 @@ int main(int argc, char** argv) {
   int cmp_batch = 8;
   bool cmp_no_grid = false;
   xcam::RunOptions cmp_run;
-  auto* compare =
-      app.add_subcommand("compare", "Compare methods x layer sets: a table of their metrics, a grid per image")
-          ->footer("Two forms:\n"
-                   "  xcam compare CONFIG.yaml [--sort METRIC] [--force]\n"
-                   "      the experiment as a comparison (its `compare` key, or the defaults)\n"
-                   "  xcam compare --model M [--methods a,b] [--layer L]... [--boxes B] --out DIR IMAGES...\n"
-                   "      --layer is repeatable, one layer set each; 'a+b' aggregates layers a and b\n"
-                   "Outputs in the output directory, besides those of `xcam run`:\n"
-                   "  compare.csv, compare.json  one row per method and layer set: maps, pointing game (and\n"
-                   "                             its centre baseline), energy, deletion and insertion AUC,\n"
-                   "                             average drop, increase in confidence, ms per map\n"
-                   "  grid/<image stem>_<target>.png  the image and each method's overlay per layer set\n"
-                   "METRIC: pointing, energy, insertion, increase (higher is better), deletion, drop, ms\n"
-                   "(lower is better); rows are sorted better first.");
-  compare->add_option("inputs", cmp_args, "An experiment YAML; with --model, the images (files, globs, directories)")
-      ->required();
-  compare->add_option("--sort", cmp_sort, "Metric the table is sorted by (default: the YAML's, else insertion)");
-  compare->add_flag("--force", cmp_run.force, "Redo items that are already finished");
-  // The flag form's options (refused with a YAML file, which has its own).
-  fc.add(compare, false);
-  compare->add_option("--methods", cmp_methods, "Methods, comma-separated")->capture_default_str();
-  one_each(compare->add_option("--layer", cmp_layers, "A layer set (repeat for several; 'a+b' aggregates a and b)"));
-  compare->add_option("--target", cmp_target, "top1 | topK | class index | class name | annotated (comma-separated)")
-      ->capture_default_str();
-  compare->add_option("--batch", cmp_batch, "Images per forward")->capture_default_str();
-  compare->add_option("--out", cmp_out.dir, "Output directory");
-  compare->add_option("--colormap", cmp_out.colormap, "jet, viridis, turbo, inferno or gray")->capture_default_str();
-  compare->add_option("--alpha", cmp_out.alpha, "Image weight of the overlay")->capture_default_str();
-  compare->add_option("--boxes", cmp_boxes, "Ground-truth boxes (JSON) for the pointing game");
-  compare->add_option("--steps", cmp_opt.faithfulness.steps, "Deletion / insertion steps (0: round(sqrt(H * W)))")
-      ->capture_default_str();
-  compare->add_option("--chunk", cmp_opt.faithfulness.chunk, "Perturbed inputs per forward")->capture_default_str();
-  compare->add_flag("--no-grid", cmp_no_grid, "No per-image grids");
 
-  // ---- layers
+  void add(CLI::App& app) {
+    cmd =
+        app.add_subcommand("compare", "Compare methods x layer sets: a table of their metrics, a grid per image")
+            ->footer("Two forms:\n"
+                     "  xcam compare CONFIG.yaml [--sort METRIC] [--force]\n"
+                     "      the experiment as a comparison (its `compare` key, or the defaults)\n"
+                     "  xcam compare --model M [--methods a,b] [--layer L]... [--boxes B] --out DIR IMAGES...\n"
+                     "      --layer is repeatable, one layer set each; 'a+b' aggregates layers a and b\n"
+                     "Outputs in the output directory, besides those of `xcam run`:\n"
+                     "  compare.csv, compare.json  one row per method and layer set: maps, pointing game (and\n"
+                     "                             its centre baseline), energy, deletion and insertion AUC,\n"
+                     "                             average drop, increase in confidence, ms per map\n"
+                     "  grid/<image stem>_<target>.png  the image and each method's overlay per layer set\n"
+                     "METRIC: pointing, energy, insertion, increase (higher is better), deletion, drop, ms\n"
+                     "(lower is better); rows are sorted better first.");
+    cmd->add_option("inputs", cmp_args, "An experiment YAML; with --model, the images (files, globs, directories)")
+        ->required();
+    cmd->add_option("--sort", cmp_sort, "Metric the table is sorted by (default: the YAML's, else insertion)");
+    cmd->add_flag("--force", cmp_run.force, "Redo items that are already finished");
+    // The flag form's options (refused with a YAML file, which has its own).
+    fc.add(cmd, false);
+    cmd->add_option("--methods", cmp_methods, "Methods, comma-separated")->capture_default_str();
+    one_each(cmd->add_option("--layer", cmp_layers, "A layer set (repeat for several; 'a+b' aggregates a and b)"));
+    cmd->add_option("--target", cmp_target, "top1 | topK | class index | class name | annotated (comma-separated)")
+        ->capture_default_str();
+    cmd->add_option("--batch", cmp_batch, "Images per forward")->capture_default_str();
+    cmd->add_option("--out", cmp_out.dir, "Output directory");
+    cmd->add_option("--colormap", cmp_out.colormap, "jet, viridis, turbo, inferno or gray")->capture_default_str();
+    cmd->add_option("--alpha", cmp_out.alpha, "Image weight of the overlay")->capture_default_str();
+    cmd->add_option("--boxes", cmp_boxes, "Ground-truth boxes (JSON) for the pointing game");
+    cmd->add_option("--steps", cmp_opt.faithfulness.steps, "Deletion / insertion steps (0: round(sqrt(H * W)))")
+        ->capture_default_str();
+    cmd->add_option("--chunk", cmp_opt.faithfulness.chunk, "Perturbed inputs per forward")->capture_default_str();
+    cmd->add_flag("--no-grid", cmp_no_grid, "No per-image grids");
+  }
+
+  int run() {
+    if (!cmp_sort.empty()) xcam::check_compare_metric(cmp_sort);
+    xcam::ExperimentConfig cfg;
+    const bool yaml_form = fc.eo.model.empty();
+    if (yaml_form) {
+      XCAM_CHECK(cmp_args.size() == 1,
+                 "compare takes one experiment YAML, or --model with images; got {} arguments and no --model",
+                 cmp_args.size());
+      for (const auto* opt : cmd->get_options()) {
+        const std::string name = opt->get_name();
+        XCAM_CHECK(opt->count() == 0 || name == "inputs" || name == "--sort" || name == "--force" ||
+                       name == "--help",
+                   "{} applies to the flag form (with --model); with an experiment YAML, set it in the file",
+                   opt->get_name(false, true));
+      }
+      cfg = xcam::load_experiment(cmp_args[0]);
+      if (!cfg.compare) cfg.compare.emplace();
+      if (cfg.compare->grid && !cfg.outputs.save_map && !cfg.outputs.save_overlay) cfg.compare->grid = false;
+    } else {
+      XCAM_CHECK(!cmp_out.dir.empty(), "compare --model needs --out DIR (where the maps and the table go)");
+      cfg.name = "compare";
+      cfg.explainer = fc.options();
+      cfg.methods = split(cmp_methods, ',');
+      const auto& known = xcam::available_methods();
+      for (const auto& m : cfg.methods)
+        XCAM_CHECK(std::find(known.begin(), known.end(), m) != known.end(),
+                   "method '{}' is not available; choose from: {}", m, fmt::join(known, ", "));
+      for (const auto& l : cmp_layers) cfg.layer_sets.push_back(split(l, '+'));
+      if (cfg.layer_sets.empty()) cfg.layer_sets.push_back({});
+      cfg.targets = split(cmp_target, ',');
+      XCAM_CHECK(std::find(cfg.targets.begin(), cfg.targets.end(), "annotated") == cfg.targets.end() ||
+                     !cmp_boxes.empty(),
+                 "--target annotated needs --boxes (the ground-truth boxes file)");
+      cfg.images = xcam::expand_inputs(cmp_args, "");
+      cfg.boxes = cmp_boxes;
+      cfg.batch_size = std::max(1, cmp_batch);
+      cfg.threads = fc.common.threads;
+      xcam::parse_colormap(cmp_out.colormap);
+      cfg.outputs = cmp_out;
+      cmp_opt.grid = !cmp_no_grid;
+      XCAM_CHECK(cmp_opt.faithfulness.steps >= 0, "--steps must be at least 0 (0: round(sqrt(H * W))), got {}",
+                 cmp_opt.faithfulness.steps);
+      XCAM_CHECK(cmp_opt.faithfulness.chunk >= 1, "--chunk must be at least 1, got {}", cmp_opt.faithfulness.chunk);
+      cfg.compare = cmp_opt;
+    }
+    if (!cmp_sort.empty()) cfg.compare->sort_by = cmp_sort;
+    const auto& sort_by = cfg.compare->sort_by;
+    XCAM_CHECK((sort_by != "pointing" && sort_by != "energy") || !cfg.boxes.empty(),
+               "sorting by {} needs ground-truth boxes ({}); sort by one of deletion, insertion, drop, increase, ms",
+               sort_by, yaml_form ? "inputs.boxes in the experiment" : "--boxes");
+    std::cout << fmt::format("comparing {} method(s) x {} layer set(s) on {} images, outputs in {}\n",
+                             cfg.methods.size(), cfg.layer_sets.size(), cfg.images.size(), cfg.outputs.dir);
+    const auto summary = xcam::run_experiment(cfg, cmp_run);
+    xcam::print_summary(summary, false);
+    print_comparison(summary, sort_by, cfg.outputs.dir);
+    return summary.failed > 0 ? 1 : 0;
+  }
+};
+
+struct LayersCommand {
+  CLI::App* cmd = nullptr;
   std::string layers_model;
   std::vector<int64_t> layers_size{224, 224};
-  auto* layers = app.add_subcommand("layers", "List every tappable layer with its output shape");
-  layers->add_option("model", layers_model, "TorchScript model file")->required();
-  layers->add_option("--size", layers_size, "Sample input height and width")->expected(2)->capture_default_str();
   std::string layers_ops;
   Common layers_common;
-  layers->add_option("--plugin", layers_common.plugin,
-                     "Feed the model through this plugin's prepare() (models with other inputs than one image)");
-  layers->add_option("--plugin-dir", layers_common.plugin_dirs, "Directory searched for plugins");
-  layers->add_option("--plugin-options", layers_common.plugin_options, "Plugin options as a JSON object");
-  layers->add_option("--ops", layers_ops,
-                     "List the ops inside this module's forward instead (tappable as MODULE/OP, MODULE/OP#J)");
-  layers->footer("Tap syntax (--layer, layers:): PATH, PATH@CALL, PATH[ELEMENT] (tuple outputs), PATH:in / :inK\n"
-                 "(module arguments), PATH/OP or PATH/OP#J (an op inside the module's forward); see docs/yaml.md.");
 
-  // ---- plugins
+  void add(CLI::App& app) {
+    cmd = app.add_subcommand("layers", "List every tappable layer with its output shape");
+    cmd->add_option("model", layers_model, "TorchScript model file")->required();
+    cmd->add_option("--size", layers_size, "Sample input height and width")->expected(2)->capture_default_str();
+    cmd->add_option("--plugin", layers_common.plugin,
+                       "Feed the model through this plugin's prepare() (models with other inputs than one image)");
+    cmd->add_option("--plugin-dir", layers_common.plugin_dirs, "Directory searched for plugins");
+    cmd->add_option("--plugin-options", layers_common.plugin_options, "Plugin options as a JSON object");
+    cmd->add_option("--ops", layers_ops,
+                       "List the ops inside this module's forward instead (tappable as MODULE/OP, MODULE/OP#J)");
+    cmd->footer("Tap syntax (--layer, layers:): PATH, PATH@CALL, PATH[ELEMENT] (tuple outputs), PATH:in / :inK\n"
+                   "(module arguments), PATH/OP or PATH/OP#J (an op inside the module's forward); see docs/yaml.md.");
+  }
+
+  int run() {
+    xcam::ProbeInput probe;
+    probe.height = layers_size[0];
+    probe.width = layers_size[1];
+    if (cmd->count("--plugin") > 0) {
+      probe.plugin = layers_common.plugin;
+      probe.plugin_dirs = layers_common.plugin_dirs;
+      probe.plugin_options = layers_common.plugin_options;
+      if (cmd->count("--size") == 0) probe.height = probe.width = 0;  // the plugin's size
+    }
+    const auto list = layers_ops.empty() ? xcam::list_layers(layers_model, probe)
+                                         : xcam::list_ops(layers_model, layers_ops, probe);
+    size_t w = 4, tw = 4;
+    for (const auto& l : list) {
+      w = std::max(w, l.path.size());
+      tw = std::max(tw, l.type.size());
+    }
+    const std::string fed = probe.plugin.empty()
+                                ? fmt::format("output (1 x 3 x {} x {})", probe.height, probe.width)
+                                : "output (input from plugin " + probe.plugin + ")";
+    std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", "path", w, "type", tw, "calls", fed);
+    for (const auto& l : list)
+      std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", l.path, w, l.type, tw, l.calls, l.shape);
+    return 0;
+  }
+};
+
+struct PluginsCommand {
+  CLI::App* cmd = nullptr;
   std::vector<std::string> scan_dirs;
-  auto* plugins = app.add_subcommand("plugins", "List the plugins found, loaded or refused, and why");
-  plugins->add_option("--plugin-dir", scan_dirs, "Extra directory to search");
 
-  // ---- bench
+  void add(CLI::App& app) {
+    cmd = app.add_subcommand("plugins", "List the plugins found, loaded or refused, and why");
+    cmd->add_option("--plugin-dir", scan_dirs, "Extra directory to search");
+  }
+
+  int run() {
+    const auto path = xcam::plugin_search_path(scan_dirs);
+    const auto found = xcam::scan_plugins(path);
+    std::cout << "search path:\n";
+    for (const auto& d : path)
+      std::cout << "  " << d << (fs::is_directory(d) ? "" : "  (missing)") << "\n";
+    if (found.empty()) std::cout << "no plugin found\n";
+    for (const auto& p : found)
+      std::cout << fmt::format("{:<10} {:<8} {}\n  {}\n", p.name, p.loaded ? "loaded" : "REFUSED",
+                               p.loaded ? p.version + "  " + p.reason : p.reason, p.file);
+    return 0;
+  }
+};
+
+struct BenchCommand {
+  CLI::App* cmd = nullptr;
   Common cb;
   xcam::ExplainerOptions bo;
   std::vector<int64_t> bsize{224, 224};
   int bbatch = 1, repeats = 10, warmup = 2;
   bool as_json = false;
-  auto* bench = app.add_subcommand("bench", "Time forward-only vs explanation (medians over repeats)");
-  bench->add_option("--model", bo.model, "TorchScript model file")->required();
-  add_common(bench, cb);
-  one_each(bench->add_option("--layer", bo.layers, "Layer to tap (repeat for several)"));
-  bench->add_option("--method", bo.method, "Method")->capture_default_str();
-  bench->add_flag("--aug-smooth", bo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
-  bench->add_flag("--eigen-smooth", bo.eigen_smooth, "First principal component of the weighted activations, not their sum");
-  bench->add_option("--perturb-chunk", bo.score_chunk, "Score-CAM / Ablation-CAM: perturbed inputs per forward")
-      ->capture_default_str();
   bool no_optimize = false;
-  bench->add_flag("--no-optimize", no_optimize,
-                  "Score-CAM's masked forwards on the model as loaded, not a frozen inference-optimised copy");
   bool no_winograd = false;
-  bench->add_flag("--no-winograd", no_winograd,
-                  "In that copy, keep 3x3 convolutions on LibTorch's direct algorithm (no oneDNN Winograd)");
-  bench->add_option("--batch", bbatch, "Batch size")->capture_default_str();
-  bench->add_option("--size", bsize, "Input height and width")->expected(2)->capture_default_str();
-  bench->add_option("--repeats", repeats, "Timed repeats")->capture_default_str();
-  bench->add_option("--warmup", warmup, "Untimed warm-up runs")->capture_default_str();
-  bench->add_flag("--json", as_json, "Print one JSON object on the last line");
 
-  // ---- doctor
+  void add(CLI::App& app) {
+    cmd = app.add_subcommand("bench", "Time forward-only vs explanation (medians over repeats)");
+    cmd->add_option("--model", bo.model, "TorchScript model file")->required();
+    add_common(cmd, cb);
+    one_each(cmd->add_option("--layer", bo.layers, "Layer to tap (repeat for several)"));
+    cmd->add_option("--method", bo.method, "Method")->capture_default_str();
+    cmd->add_flag("--aug-smooth", bo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
+    cmd->add_flag("--eigen-smooth", bo.eigen_smooth, "First principal component of the weighted activations, not their sum");
+    cmd->add_option("--perturb-chunk", bo.score_chunk, "Score-CAM / Ablation-CAM: perturbed inputs per forward")
+        ->capture_default_str();
+    cmd->add_flag("--no-optimize", no_optimize,
+                    "Score-CAM's masked forwards on the model as loaded, not a frozen inference-optimised copy");
+    cmd->add_flag("--no-winograd", no_winograd,
+                    "In that copy, keep 3x3 convolutions on LibTorch's direct algorithm (no oneDNN Winograd)");
+    cmd->add_option("--batch", bbatch, "Batch size")->capture_default_str();
+    cmd->add_option("--size", bsize, "Input height and width")->expected(2)->capture_default_str();
+    cmd->add_option("--repeats", repeats, "Timed repeats")->capture_default_str();
+    cmd->add_option("--warmup", warmup, "Untimed warm-up runs")->capture_default_str();
+    cmd->add_flag("--json", as_json, "Print one JSON object on the last line");
+  }
+
+  int run() {
+    xcam::set_threads(cb.threads);
+    bo.optimize = !no_optimize;
+    bo.winograd = !no_winograd;
+    bo.plugin = cb.plugin;
+    bo.plugin_dirs = cb.plugin_dirs;
+    bo.plugin_options = cb.plugin_options;
+    bo.height = bsize[0];
+    bo.width = bsize[1];
+    xcam::Explainer ex(bo);
+    std::mt19937 rng(0);
+    std::normal_distribution<float> nd;
+    std::vector<float> x(static_cast<size_t>(bbatch) * 3 * bsize[0] * bsize[1]);
+    for (auto& v : x) v = nd(rng);
+    std::vector<std::string> ids;
+    for (int i = 0; i < bbatch; ++i) ids.push_back("bench" + std::to_string(i));
+    std::vector<double> fwd, total, f, b, c;
+    for (int i = 0; i < warmup + repeats; ++i) {
+      xcam::StageTimes t0, t1;
+      ex.forward_only(x, bbatch, &t0);
+      const auto start = std::chrono::steady_clock::now();
+      ex.explain_preprocessed(x, bbatch, ids, {}, &t1);
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      if (i < warmup) continue;
+      fwd.push_back(t0.forward_ms);
+      total.push_back(ms);
+      f.push_back(t1.forward_ms);
+      b.push_back(t1.backward_ms);
+      c.push_back(t1.cam_ms);
+    }
+    const double mf = median(fwd), mt = median(total);
+    if (!as_json) {
+      std::cout << fmt::format("model {}  layer {}  method {}  batch {}  input {}x{}  threads {}  repeats {}\n",
+                               bo.model, fmt::join(ex.layers(), "+"), bo.method, bbatch, bsize[0], bsize[1],
+                               cb.threads, repeats);
+      std::cout << xcam::blas_line(xcam::blas_info()) << "\n";
+      std::cout << fmt::format("forward only      {:9.2f} ms\n", mf);
+      std::cout << fmt::format("explanation       {:9.2f} ms   ratio {:.3f}\n", mt, mt / mf);
+      std::cout << fmt::format("  tapped forward  {:9.2f} ms\n  gradients       {:9.2f} ms\n  map kernels     {:9.2f} ms\n",
+                               median(f), median(b), median(c));
+    }
+    std::cout << fmt::format("{{\"forward_ms\": {:.4f}, \"explain_ms\": {:.4f}, \"ratio\": {:.4f}, "
+                             "\"tapped_forward_ms\": {:.4f}, \"backward_ms\": {:.4f}, \"cam_ms\": {:.4f}, "
+                             "\"batch\": {}, \"threads\": {}}}\n",
+                             mf, mt, mt / mf, median(f), median(b), median(c), bbatch, cb.threads);
+    return 0;
+  }
+};
+
+struct DoctorCommand {
+  CLI::App* cmd = nullptr;
   int doctor_threads = 0;
-  auto* doctor = app.add_subcommand("doctor", "What LibTorch runs on here: version, threads, BLAS, oneDNN, CUDA");
-  doctor->add_option("--threads", doctor_threads, "Intra-op threads, as the other commands take it (0: all cores)")
-      ->capture_default_str();
+
+  void add(CLI::App& app) {
+    cmd = app.add_subcommand("doctor", "What LibTorch runs on here: version, threads, BLAS, oneDNN, CUDA");
+    cmd->add_option("--threads", doctor_threads, "Intra-op threads, as the other commands take it (0: all cores)")
+        ->capture_default_str();
+  }
+
+  int run() {
+    xcam::set_threads(doctor_threads);
+    const auto info = xcam::blas_info();
+    std::cout << xcam::torch_summary() << xcam::blas_line(info) << "\n";
+    if (const auto w = xcam::blas_warning(info)) std::cout << "warning: " << *w << "\n";
+    return 0;
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"xcam: class-activation maps for TorchScript models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "xcam 0.1.0");
+  ExplainCommand explain;
+  RunCommand run;
+  CompareCommand compare;
+  LayersCommand layers;
+  PluginsCommand plugins;
+  BenchCommand bench;
+  DoctorCommand doctor;
+  explain.add(app);
+  run.add(app);
+  compare.add(app);
+  layers.add(app);
+  plugins.add(app);
+  bench.add(app);
+  doctor.add(app);
 
   CLI11_PARSE(app, argc, argv);
-  if (*explain || *run || *compare || *bench) warn_if_slow_blas();
+  if (*explain.cmd || *run.cmd || *compare.cmd || *bench.cmd) warn_if_slow_blas();
 
   try {
-    if (*explain) {
-      xcam::set_threads(fe.common.threads);
-      auto eo = fe.options();
-      eo.targets = split(target, ',');
-      out.save_panel = panel;
-      std::map<std::string, std::vector<xcam::Box>> boxes;
-      if (!boxes_file.empty()) boxes = xcam::read_boxes(boxes_file);
-      xcam::Explainer ex(eo);
-      std::vector<xcam::ItemRecord> records;
-      xcam::RunSummary summary;
-      XCAM_CHECK(manifest.empty() || images.empty(), "explain takes images or --manifest, not both");
-      XCAM_CHECK(!manifest.empty() || !images.empty(), "explain needs images (files) or --manifest FILE.jsonl");
-      const auto samples = manifest.empty() ? xcam::samples_of(images) : xcam::read_manifest(manifest);
-      xcam::explain_and_write(ex, samples, std::max(1, batch), eo.targets, boxes_file.empty() ? nullptr : &boxes, out,
-                              records, summary, {}, "explain");
-      xcam::write_results(out.dir, records);
-      xcam::print_summary(summary);
-      return summary.failed > 0 ? 1 : 0;
-    }
-    if (*run) {
-      const auto cfg = xcam::load_experiment(config);
-      std::cout << fmt::format("experiment '{}': {} images, methods {}, {} layer set(s), outputs in {}\n", cfg.name,
-                               cfg.images.size(), fmt::join(cfg.methods, ", "), cfg.layer_sets.size(),
-                               cfg.outputs.dir);
-      const auto summary = xcam::run_experiment(cfg, run_opt);
-      xcam::print_summary(summary, !cfg.compare);
-      if (cfg.compare) print_comparison(summary, cfg.compare->sort_by, cfg.outputs.dir);
-      return summary.failed > 0 ? 1 : 0;
-    }
-    if (*compare) {
-      if (!cmp_sort.empty()) xcam::check_compare_metric(cmp_sort);
-      xcam::ExperimentConfig cfg;
-      const bool yaml_form = fc.eo.model.empty();
-      if (yaml_form) {
-        XCAM_CHECK(cmp_args.size() == 1,
-                   "compare takes one experiment YAML, or --model with images; got {} arguments and no --model",
-                   cmp_args.size());
-        for (const auto* opt : compare->get_options()) {
-          const std::string name = opt->get_name();
-          XCAM_CHECK(opt->count() == 0 || name == "inputs" || name == "--sort" || name == "--force" ||
-                         name == "--help",
-                     "{} applies to the flag form (with --model); with an experiment YAML, set it in the file",
-                     opt->get_name(false, true));
-        }
-        cfg = xcam::load_experiment(cmp_args[0]);
-        if (!cfg.compare) cfg.compare.emplace();
-        if (cfg.compare->grid && !cfg.outputs.save_map && !cfg.outputs.save_overlay) cfg.compare->grid = false;
-      } else {
-        XCAM_CHECK(!cmp_out.dir.empty(), "compare --model needs --out DIR (where the maps and the table go)");
-        cfg.name = "compare";
-        cfg.explainer = fc.options();
-        cfg.methods = split(cmp_methods, ',');
-        const auto& known = xcam::available_methods();
-        for (const auto& m : cfg.methods)
-          XCAM_CHECK(std::find(known.begin(), known.end(), m) != known.end(),
-                     "method '{}' is not available; choose from: {}", m, fmt::join(known, ", "));
-        for (const auto& l : cmp_layers) cfg.layer_sets.push_back(split(l, '+'));
-        if (cfg.layer_sets.empty()) cfg.layer_sets.push_back({});
-        cfg.targets = split(cmp_target, ',');
-        XCAM_CHECK(std::find(cfg.targets.begin(), cfg.targets.end(), "annotated") == cfg.targets.end() ||
-                       !cmp_boxes.empty(),
-                   "--target annotated needs --boxes (the ground-truth boxes file)");
-        cfg.images = xcam::expand_inputs(cmp_args, "");
-        cfg.boxes = cmp_boxes;
-        cfg.batch_size = std::max(1, cmp_batch);
-        cfg.threads = fc.common.threads;
-        xcam::parse_colormap(cmp_out.colormap);
-        cfg.outputs = cmp_out;
-        cmp_opt.grid = !cmp_no_grid;
-        XCAM_CHECK(cmp_opt.faithfulness.steps >= 0, "--steps must be at least 0 (0: round(sqrt(H * W))), got {}",
-                   cmp_opt.faithfulness.steps);
-        XCAM_CHECK(cmp_opt.faithfulness.chunk >= 1, "--chunk must be at least 1, got {}", cmp_opt.faithfulness.chunk);
-        cfg.compare = cmp_opt;
-      }
-      if (!cmp_sort.empty()) cfg.compare->sort_by = cmp_sort;
-      const auto& sort_by = cfg.compare->sort_by;
-      XCAM_CHECK((sort_by != "pointing" && sort_by != "energy") || !cfg.boxes.empty(),
-                 "sorting by {} needs ground-truth boxes ({}); sort by one of deletion, insertion, drop, increase, ms",
-                 sort_by, yaml_form ? "inputs.boxes in the experiment" : "--boxes");
-      std::cout << fmt::format("comparing {} method(s) x {} layer set(s) on {} images, outputs in {}\n",
-                               cfg.methods.size(), cfg.layer_sets.size(), cfg.images.size(), cfg.outputs.dir);
-      const auto summary = xcam::run_experiment(cfg, cmp_run);
-      xcam::print_summary(summary, false);
-      print_comparison(summary, sort_by, cfg.outputs.dir);
-      return summary.failed > 0 ? 1 : 0;
-    }
-    if (*layers) {
-      xcam::ProbeInput probe;
-      probe.height = layers_size[0];
-      probe.width = layers_size[1];
-      if (layers->count("--plugin") > 0) {
-        probe.plugin = layers_common.plugin;
-        probe.plugin_dirs = layers_common.plugin_dirs;
-        probe.plugin_options = layers_common.plugin_options;
-        if (layers->count("--size") == 0) probe.height = probe.width = 0;  // the plugin's size
-      }
-      const auto list = layers_ops.empty() ? xcam::list_layers(layers_model, probe)
-                                           : xcam::list_ops(layers_model, layers_ops, probe);
-      size_t w = 4, tw = 4;
-      for (const auto& l : list) {
-        w = std::max(w, l.path.size());
-        tw = std::max(tw, l.type.size());
-      }
-      const std::string fed = probe.plugin.empty()
-                                  ? fmt::format("output (1 x 3 x {} x {})", probe.height, probe.width)
-                                  : "output (input from plugin " + probe.plugin + ")";
-      std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", "path", w, "type", tw, "calls", fed);
-      for (const auto& l : list)
-        std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", l.path, w, l.type, tw, l.calls, l.shape);
-      return 0;
-    }
-    if (*plugins) {
-      const auto path = xcam::plugin_search_path(scan_dirs);
-      const auto found = xcam::scan_plugins(path);
-      std::cout << "search path:\n";
-      for (const auto& d : path)
-        std::cout << "  " << d << (fs::is_directory(d) ? "" : "  (missing)") << "\n";
-      if (found.empty()) std::cout << "no plugin found\n";
-      for (const auto& p : found)
-        std::cout << fmt::format("{:<10} {:<8} {}\n  {}\n", p.name, p.loaded ? "loaded" : "REFUSED",
-                                 p.loaded ? p.version + "  " + p.reason : p.reason, p.file);
-      return 0;
-    }
-    if (*doctor) {
-      xcam::set_threads(doctor_threads);
-      const auto info = xcam::blas_info();
-      std::cout << xcam::torch_summary() << xcam::blas_line(info) << "\n";
-      if (const auto w = xcam::blas_warning(info)) std::cout << "warning: " << *w << "\n";
-      return 0;
-    }
-    if (*bench) {
-      xcam::set_threads(cb.threads);
-      bo.optimize = !no_optimize;
-      bo.winograd = !no_winograd;
-      bo.plugin = cb.plugin;
-      bo.plugin_dirs = cb.plugin_dirs;
-      bo.plugin_options = cb.plugin_options;
-      bo.height = bsize[0];
-      bo.width = bsize[1];
-      xcam::Explainer ex(bo);
-      std::mt19937 rng(0);
-      std::normal_distribution<float> nd;
-      std::vector<float> x(static_cast<size_t>(bbatch) * 3 * bsize[0] * bsize[1]);
-      for (auto& v : x) v = nd(rng);
-      std::vector<std::string> ids;
-      for (int i = 0; i < bbatch; ++i) ids.push_back("bench" + std::to_string(i));
-      std::vector<double> fwd, total, f, b, c;
-      for (int i = 0; i < warmup + repeats; ++i) {
-        xcam::StageTimes t0, t1;
-        ex.forward_only(x, bbatch, &t0);
-        const auto start = std::chrono::steady_clock::now();
-        ex.explain_preprocessed(x, bbatch, ids, {}, &t1);
-        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-        if (i < warmup) continue;
-        fwd.push_back(t0.forward_ms);
-        total.push_back(ms);
-        f.push_back(t1.forward_ms);
-        b.push_back(t1.backward_ms);
-        c.push_back(t1.cam_ms);
-      }
-      const double mf = median(fwd), mt = median(total);
-      if (!as_json) {
-        std::cout << fmt::format("model {}  layer {}  method {}  batch {}  input {}x{}  threads {}  repeats {}\n",
-                                 bo.model, fmt::join(ex.layers(), "+"), bo.method, bbatch, bsize[0], bsize[1],
-                                 cb.threads, repeats);
-        std::cout << xcam::blas_line(xcam::blas_info()) << "\n";
-        std::cout << fmt::format("forward only      {:9.2f} ms\n", mf);
-        std::cout << fmt::format("explanation       {:9.2f} ms   ratio {:.3f}\n", mt, mt / mf);
-        std::cout << fmt::format("  tapped forward  {:9.2f} ms\n  gradients       {:9.2f} ms\n  map kernels     {:9.2f} ms\n",
-                                 median(f), median(b), median(c));
-      }
-      std::cout << fmt::format("{{\"forward_ms\": {:.4f}, \"explain_ms\": {:.4f}, \"ratio\": {:.4f}, "
-                               "\"tapped_forward_ms\": {:.4f}, \"backward_ms\": {:.4f}, \"cam_ms\": {:.4f}, "
-                               "\"batch\": {}, \"threads\": {}}}\n",
-                               mf, mt, mt / mf, median(f), median(b), median(c), bbatch, cb.threads);
-      return 0;
-    }
+    if (*explain.cmd) return explain.run();
+    if (*run.cmd) return run.run();
+    if (*compare.cmd) return compare.run();
+    if (*layers.cmd) return layers.run();
+    if (*plugins.cmd) return plugins.run();
+    if (*doctor.cmd) return doctor.run();
+    if (*bench.cmd) return bench.run();
   } catch (const xcam::Error& e) {
     std::cerr << "xcam: error: " << e.what() << "\n";
     return 1;
