@@ -176,6 +176,7 @@ TEST(Siamese, OnePassMapsBothImagesLikeFloat64) {
   xcam::ExplainerOptions o;
   o.model = zoo("siamese_traced.pt");
   o.plugin = std::string(XCAM_FAKE_PLUGIN_DIR) + "/siamese/libxcam_plugin_siamese.so";
+  std::vector<float> traced_query_map;
   for (const std::string variant : {"traced", "scripted"}) {
     o.model = zoo("siamese_" + variant + ".pt");
     xcam::Explainer ex(o);
@@ -193,6 +194,7 @@ TEST(Siamese, OnePassMapsBothImagesLikeFloat64) {
     EXPECT_LT(xcam::test::max_abs_diff(low[0].per_rank[0], cq.f32, 0), 1e-5) << variant;
     EXPECT_LT(xcam::test::max_abs_diff(low[1].per_rank[0], cr.f32, 0), 1e-5) << variant;
     EXPECT_GT(xcam::test::max_abs_diff(low[0].per_rank[0], low[1].per_rank[0], 0), 0.1);
+    if (variant == "traced") traced_query_map = maps[0].map;
   }
   // Through the writer: the reference's map is a file of its own, at the
   // reference image's size.
@@ -201,7 +203,9 @@ TEST(Siamese, OnePassMapsBothImagesLikeFloat64) {
   cv::resize(xcam::load_rgb(zoo("siamese_reference.png")), big, cv::Size(48, 40));
   xcam::write_png(tmp / "ref.png", big);
   std::ofstream(tmp / "m.jsonl") << "{\"image\": \"" << zoo("siamese_query.png")
-                                 << "\", \"id\": \"q\", \"images\": {\"reference\": \"ref.png\"}}\n";
+                                 << "\", \"id\": \"q\", \"images\": {\"reference\": \"ref.png\"}}\n"
+                                 << "{\"image\": \"" << zoo("siamese_query.png") << "\", \"id\": \"q2\", "
+                                 << "\"images\": {\"reference\": \"" << zoo("siamese_reference.png") << "\"}}\n";
   const auto r = xcam::test::run_command(xcam::test::xcam_cmd() + "explain --plugin " + o.plugin + " --model " +
                                          zoo("siamese_traced.pt") + " --manifest " + (tmp / "m.jsonl") +
                                          " --out " + (tmp / "o"));
@@ -209,6 +213,12 @@ TEST(Siamese, OnePassMapsBothImagesLikeFloat64) {
   const auto ref_map = xcam::read_npy(tmp / "o/q_reference_similarity.npy");
   EXPECT_EQ(ref_map.shape, (std::vector<int64_t>{40, 48}));
   EXPECT_EQ(xcam::read_npy(tmp / "o/q_similarity.npy").shape, (std::vector<int64_t>{32, 32}));
+  // q2 is the pair explained above: the writer's file holds the same map.
+  EXPECT_LT(xcam::test::max_abs_diff(xcam::read_npy(tmp / "o/q2_similarity.npy").f32, traced_query_map, 0), 1e-6);
+  // The reference's map is in [0, 1] with its peak and floor kept after resizing.
+  const auto [lo, hi] = std::minmax_element(ref_map.f32.begin(), ref_map.f32.end());
+  EXPECT_LT(*lo, 0.05f);
+  EXPECT_GT(*hi, 0.9f);
 }
 
 // (f) Score-CAM and the faithfulness metrics with the siamese plugin: the
