@@ -46,6 +46,9 @@ check() {
 check -DXCAM_WITH_CUDA kernels/src/dispatch.cpp
 check core/src/model.cpp
 check core/src/explain.cpp
+check core/src/batching.cpp
+check core/src/perturb.cpp
+check core/src/task_host.cpp
 check core/src/runtime_info.cpp
 check core/src/methods.cpp
 check core/src/views.cpp

@@ -68,6 +68,8 @@ struct ModelFlags {
     cmd->add_option("--crop-overlap", eo.crops.overlap, "Overlap of neighbouring crops, a fraction of a crop")
         ->capture_default_str()
         ->check(CLI::Range(0.0, 0.999999));
+    cmd->add_flag("--crop-own-size", eo.crops.own_size,
+                  "Cut the crops from the original image, each sized as an image of its own (by the plugin)");
     auto& a = eo.attention;
     cmd->add_option("--patch", patch, "Attention methods: the model's patch size, P or PH PW (tokens lie on the "
                                       "H/PH x W/PW grid)")
@@ -174,8 +176,8 @@ struct ExplainCommand {
     cmd->add_flag("--panel", panel, "Also write titled panels");
     cmd->add_option("--boxes", boxes_file, "Ground-truth boxes (JSON) for the pointing game");
     cmd->add_option("--manifest", manifest,
-                        "Samples as JSON Lines: image, and optionally id, images (other named images), text, "
-                        "targets, any other key as metadata (docs/yaml.md)");
+                        "Samples as JSON Lines: image (or text alone), and optionally id, images (other named "
+                        "images), text, targets, any other key as metadata (docs/yaml.md)");
     cmd->add_option("images", images, "Image files");
   }
 
@@ -213,8 +215,8 @@ struct RunCommand {
 
   int run() {
     const auto cfg = xcam::load_experiment(config);
-    std::cout << fmt::format("experiment '{}': {} images, methods {}, {} layer set(s), outputs in {}\n", cfg.name,
-                             cfg.images.size(), fmt::join(cfg.methods, ", "), cfg.layer_sets.size(),
+    std::cout << fmt::format("experiment '{}': {} samples, methods {}, {} layer set(s), outputs in {}\n", cfg.name,
+                             cfg.samples.empty() ? cfg.images.size() : cfg.samples.size(), fmt::join(cfg.methods, ", "), cfg.layer_sets.size(),
                              cfg.outputs.dir);
     const auto summary = xcam::run_experiment(cfg, run_opt);
     xcam::print_summary(summary, !cfg.compare);
@@ -287,6 +289,8 @@ struct CompareCommand {
                    opt->get_name(false, true));
       }
       cfg = xcam::load_experiment(cmp_args[0]);
+      XCAM_CHECK(cfg.task.empty(), "'{}' runs a plugin task (key 'task'); compare its methods without the task",
+                 cmp_args[0]);
       if (!cfg.compare) cfg.compare.emplace();
       if (cfg.compare->grid && !cfg.outputs.save_map && !cfg.outputs.save_overlay) cfg.compare->grid = false;
     } else {

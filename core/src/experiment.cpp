@@ -176,7 +176,8 @@ void load_explainer(const Yaml& y, const YAML::Node& root, const std::string& ba
   if (root["winograd"]) e.winograd = y.as<bool>(root["winograd"], "winograd", "true or false");
   if (const auto& at = root["attention"]) load_attention(y, at, e.attention);
   if (const auto& cr = root["crops"]) {
-    y.only_keys(cr, "crops", {"grid", "overlap"});
+    y.only_keys(cr, "crops", {"grid", "overlap", "own_size"});
+    if (cr["own_size"]) e.crops.own_size = y.as<bool>(cr["own_size"], "own_size", "true or false");
     const auto& g = cr["grid"];
     if (!g || !g.IsSequence() || g.size() != 2) y.fail(cr, "key 'crops' needs grid: [rows, columns]");
     e.crops.rows = y.as<int64_t>(g[0], "grid", "an integer");
@@ -324,7 +325,7 @@ ExperimentConfig load_experiment(const std::string& path) {
   y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
                                        "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
                                        "threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "winograd",
-                                       "attention", "crops", "outputs", "compare"});
+                                       "attention", "crops", "outputs", "compare", "task"});
   const std::string base = fs::path(path).parent_path().string();
   ExperimentConfig c;
   c.file = path;
@@ -335,6 +336,11 @@ ExperimentConfig load_experiment(const std::string& path) {
   load_inputs(y, root, base, c);
   load_outputs(y, root, base, c);
   if (const auto& cmp = root["compare"]) load_compare(y, cmp, c);
+  if (const auto& task = root["task"]) {
+    if (!task.IsMap() || !task["name"]) y.fail(task, "key 'task' must be a mapping with the task's 'name'");
+    if (c.compare) y.fail(task, "a run has a task or a comparison, not both");
+    c.task = yaml_to_json(task).dump();
+  }
   return c;
 }
 
@@ -357,8 +363,9 @@ std::vector<SampleSpec> read_manifest(const std::string& path) {
     const json j = json::parse(line, nullptr, false);
     const auto where = fmt::format("{}:{}", path, lineno);
     XCAM_CHECK(j.is_object(), "{}: not a JSON object; a line is {{\"image\": \"a.png\", ...}}", where);
-    XCAM_CHECK(j.contains("image") && j["image"].is_string(),
-               "{}: no \"image\" (the path of the image maps are drawn on)", where);
+    XCAM_CHECK((j.contains("image") && j["image"].is_string()) || (!j.contains("image") && j.contains("text")),
+               "{}: no \"image\" (the path of the image maps are drawn on) and no \"text\" (a text-only sample)",
+               where);
     SampleSpec sp;
     for (const auto& [key, value] : j.items()) {
       if (key == "image") {
@@ -461,8 +468,12 @@ RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {
       const std::string label = method_label(eo);
       out.dir = (fs::path(cfg.outputs.dir) / label / safe_name(layers)).string();
       std::vector<ItemRecord> part;
-      explain_and_write(ex, cfg.samples.empty() ? samples_of(cfg.images) : cfg.samples, cfg.batch_size, cfg.targets, cfg.boxes.empty() ? nullptr : &boxes, out,
-                        part, summary, run_opt, label + " @ " + layers);
+      const auto samples = cfg.samples.empty() ? samples_of(cfg.images) : cfg.samples;
+      if (!cfg.task.empty())
+        run_task_and_write(ex, cfg.task, samples, cfg.targets, out, part, summary);
+      else
+        explain_and_write(ex, samples, cfg.batch_size, cfg.targets, cfg.boxes.empty() ? nullptr : &boxes, out, part,
+                          summary, run_opt, label + " @ " + layers);
       for (auto& r : part) {
         for (auto& o : r.outputs) o = (fs::path(label) / safe_name(layers) / o).string();
         records.push_back(std::move(r));
@@ -487,6 +498,7 @@ void print_summary(const RunSummary& s, bool pointing) {
       std::cout << fmt::format("  {:<12} {:>3} / {:<3} = {:.3f}\n", cls, c.first, c.first + c.second,
                                static_cast<double>(c.first) / (c.first + c.second));
   }
+  for (const auto& [name, value] : s.metrics) std::cout << fmt::format("{}: {:.6g}\n", name, value);
   for (const auto& f : s.failures) std::cout << "failed: " << f << "\n";
 }
 

@@ -9,33 +9,23 @@
 #include <torch/script.h>
 #include <torch/version.h>
 
+#include <opencv2/imgproc.hpp>
+
 #include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <fstream>
-#include <map>
-#include <optional>
 #include <thread>
 
-#include "xcam/error.h"
-#include "xcam/explainer.h"
+#include "xcam/image.h"
 #include "xcam/kernels/dispatch.h"
-#include "xcam/kernels/types.h"
-#include "xcam/model.h"
-#include "xcam/plugin.h"
-#include "xcam/plugin_loader.h"
-#include "methods.h"
+#include "explain_impl.h"
 #include "onednn_convs.h"
-#include "views.h"
 
 namespace xcam {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
+// The first line of a message (LibTorch's carry a TorchScript traceback).
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
 std::vector<std::string> read_labels(const std::string& file) {
   std::vector<std::string> labels;
@@ -57,21 +47,6 @@ void capture_log(const XcamHost* host, int level, const char* msg) {
     return;
   }
   plugin_host()->log(host, level, msg);
-}
-
-// An exception raised inside a plugin has its type information (and, for
-// xcam::Error, its file name) in the plugin's library, which the Explainer
-// unloads when it is destroyed, possibly while the exception is still on its
-// way to the caller. Every public entry re-raises such errors from here.
-template <typename F>
-auto host_errors(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const c10::Error&) {
-    throw;  // LibTorch's own type, in LibTorch's library
-  } catch (const std::exception& e) {
-    throw Error(e.what(), __FILE__, __LINE__);
-  }
 }
 
 }  // namespace
@@ -101,89 +76,6 @@ void set_threads(int threads) {
   omp_set_num_threads(n);
 }
 
-struct Explainer::Impl {
-  ExplainerOptions opt;
-  Preprocess pre;
-  std::vector<std::string> labels;
-  std::vector<std::string> layers;
-  std::shared_ptr<PluginLibrary> library;
-  uint32_t plugin_minor = 0;  // the plugin's abi_minor: hooks added after it are not called
-  std::unique_ptr<ArchPlugin, void (*)(ArchPlugin*)> plugin{nullptr, nullptr};
-  XcamHost host{};
-  Model model;
-  std::unique_ptr<TappedForward> tapped;
-  std::vector<LowRes> lowres;
-  const methods::Method* method = nullptr;
-
-  // The model frozen and optimised for inference for the perturbed forwards
-  // of Score-CAM and the faithfulness metrics: batch norm folded into the
-  // convolutions and, on the CPU, every convolution on oneDNN
-  // (onednn_convs.h; Winograd for the wide 3x3 ones). resnet18's Score-CAM
-  // takes 5.8 s on it against 14.1 s on the model as loaded, logits as close
-  // to float64 (~4e-7 relative). The model itself when the option is off or
-  // the model cannot be frozen. Built on first use.
-  std::optional<torch::jit::Module> fast;
-  torch::jit::Module& inference_model();
-
-  // Score-CAM's pre-normalisation map for one layer and target rank: masked
-  // inputs in chunks, one batched forward each, scores kept on the device.
-  // With eigen_smooth, the projection of w_k A_k (pgc's BaseCAM.get_cam_image).
-  at::Tensor scorecam(const at::Tensor& a, const Batch& batch, size_t rank);
-  // Ablation-CAM's for layer l: `tap` is the tapped tensor as the model made
-  // it, `a` its grid, `y` the un-ablated scores (B). Per sample, copies of
-  // the tap with one channel each ablated go through the rest of the model in
-  // chunks; w_k = (y - y_k) / y.
-  at::Tensor ablationcam(size_t l, const at::Tensor& tap, const at::Tensor& a, const Batch& batch, size_t rank,
-                         const at::Tensor& y);
-  // The maps of rank r's targets before aggregation: one per layer, or one
-  // for all layers (cross-layer methods); each normalised at its own size
-  // and resized to H x W.
-  std::vector<kernels::MapOutput> method_maps(const TappedForward::Result& fwd, const std::vector<at::Tensor>& grads,
-                                              const Batch& batch, size_t r, const at::Tensor& y, int64_t H,
-                                              int64_t W);
-  // Token scores B x N of an attention method on the patch grid: B x gh x gw.
-  at::Tensor token_grid(const at::Tensor& tokens, int64_t H, int64_t W) const;
-  // The batch's sample b, target `rank`, on `images` (n perturbed copies),
-  // through the plugin's perturbation_batch() and prepare().
-  Batch repeat_sample(const Batch& batch, int64_t b, size_t rank, const at::Tensor& images);
-  // `images` (n x 3 x H x W) of sample `id` with one target for all, the
-  // sample's other images, text and metadata from `like`, prepared for the model.
-  Batch single_target(const at::Tensor& images, const Target& target, const std::string& id, const Sample& like);
-  // A sample's other images (preprocessed), text and metadata.
-  Sample sample_of(const SampleInput& in) const;
-  // The plugin's readable score (probability) of `target` on each image.
-  std::vector<double> probabilities(const at::Tensor& images, const Target& target, const std::string& id,
-                                    const Sample& like);
-  std::vector<Faithfulness> faithfulness(const std::vector<float>& nchw, int64_t batch,
-                                         const std::vector<std::string>& ids, const std::vector<MapResult>& maps,
-                                         const FaithfulnessOptions& o, const std::vector<SampleInput>* inputs);
-
-  void init(ExplainerOptions options);
-  // Channel and perturbation methods refuse taps that hold attention
-  // probabilities (a softmax op, nn.MultiheadAttention's weights).
-  void check_taps_fit_method() const;
-  // `inputs` (optional): the samples' other images, text and metadata.
-  std::vector<MapResult> run(const at::Tensor& images, const std::vector<std::string>& ids,
-                             const std::vector<std::vector<std::string>>& requests, StageTimes* times,
-                             const std::vector<SampleInput>* inputs = nullptr);
-
-  // One forward of every view of the batch (views.h), targets resolved on
-  // the reference view and padded to equal counts.
-  struct Pass {
-    Batch batch;
-    TappedForward::Result fwd;
-    size_t ranks = 0;
-  };
-  views::ViewSet view_set(int64_t H, int64_t W) const;
-  Pass forward_pass(const views::ViewSet& set, const at::Tensor& images, const std::vector<std::string>& ids,
-                    const std::vector<std::vector<std::string>>& requests, StageTimes* times,
-                    const std::vector<SampleInput>* inputs);
-  // The maps of rank r's targets: scores, gradients, method, layers
-  // aggregated, views combined; appended to `results`, low-resolution maps
-  // of the reference view kept for last_lowres().
-  void rank_maps(const Pass& pass, const views::ViewSet& set, size_t r, const std::vector<std::string>& ids,
-                 int64_t H, int64_t W, StageTimes* times, std::vector<MapResult>& results);
-};
 
 Explainer::Explainer(ExplainerOptions options) : impl_(new Impl) {
   host_errors([&] { impl_->init(std::move(options)); });
@@ -265,6 +157,15 @@ const std::vector<Explainer::LowRes>& Explainer::last_lowres() const { return im
 std::vector<MapResult> Explainer::explain(const std::vector<cv::Mat>& images, const std::vector<std::string>& ids,
                                           const std::vector<std::vector<std::string>>& requests,
                                           StageTimes* times) {
+  if (impl_->opt.crops.rows > 0 && impl_->opt.crops.own_size) {  // crops cut from the images as given
+    std::vector<SampleInput> samples(images.size());
+    for (size_t i = 0; i < images.size(); ++i) {
+      samples[i].id = ids.at(i);
+      samples[i].image = images[i];
+      if (i < requests.size()) samples[i].requests = requests[i];
+    }
+    return explain(samples, times);
+  }
   const auto t0 = Clock::now();
   std::vector<float> nchw;
   nchw.reserve(images.size() * 3 * impl_->pre.height * impl_->pre.width);
@@ -278,20 +179,12 @@ std::vector<MapResult> Explainer::explain(const std::vector<cv::Mat>& images, co
 
 std::vector<MapResult> Explainer::explain(const std::vector<SampleInput>& samples, StageTimes* times) {
   const auto t0 = Clock::now();
-  const auto& p = impl_->pre;
-  std::vector<float> nchw;
-  nchw.reserve(samples.size() * 3 * p.height * p.width);
-  std::vector<std::string> ids;
-  std::vector<std::vector<std::string>> requests;
-  for (const auto& s : samples) {
-    preprocess_into(s.image, p, nchw);
-    ids.push_back(s.id);
-    requests.push_back(s.requests);
-  }
-  const auto B = static_cast<int64_t>(samples.size());
-  auto images = torch::from_blob(nchw.data(), {B, 3, p.height, p.width}, torch::kFloat32).to(impl_->model.device());
+  auto& m = *impl_;
   StageTimes local;
-  auto out = host_errors([&] { return impl_->run(images, ids, requests, &local, &samples); });
+  auto out = host_errors([&] {
+    return m.opt.crops.rows > 0 && m.opt.crops.own_size ? m.own_size_crops(samples, &local)
+                                                         : m.explain_groups(samples, &local);
+  });
   local.preprocess_ms = ms_since(t0) - local.forward_ms - local.backward_ms - local.cam_ms;
   if (times) *times = local;
   return out;
@@ -302,6 +195,8 @@ std::vector<MapResult> Explainer::explain_preprocessed(const std::vector<float>&
                                                        const std::vector<std::vector<std::string>>& requests,
                                                        StageTimes* times) {
   const auto& p = impl_->pre;
+  XCAM_CHECK(impl_->opt.crops.rows == 0 || !impl_->opt.crops.own_size,
+             "own-size crops are cut from the original images; explain the images, not a preprocessed batch");
   XCAM_CHECK(static_cast<int64_t>(nchw.size()) == batch * 3 * p.height * p.width,
              "preprocessed batch has {} floats, expected {} x 3 x {} x {}", nchw.size(), batch, p.height, p.width);
   XCAM_CHECK(static_cast<int64_t>(ids.size()) == batch, "{} ids for a batch of {}", ids.size(), batch);
@@ -317,7 +212,8 @@ views::ViewSet Explainer::Impl::view_set(int64_t H, int64_t W) const {
   XCAM_CHECK(!(opt.aug_smooth && opt.crops.rows > 0),
              "aug_smooth and crops are two view sets; choose one of them");
   if (opt.aug_smooth) return views::augmentations();
-  if (opt.crops.rows > 0) return views::crops(opt.crops.rows, opt.crops.cols, opt.crops.overlap, H, W);
+  if (opt.crops.rows > 0 && !opt.crops.own_size)
+    return views::crops(opt.crops.rows, opt.crops.cols, opt.crops.overlap, H, W);
   return views::identity();
 }
 
@@ -325,10 +221,11 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
                                                     const std::vector<std::string>& ids,
                                                     const std::vector<std::vector<std::string>>& requests,
                                                     StageTimes* times, const std::vector<SampleInput>* inputs) {
-  const int64_t B0 = images.size(0), V = static_cast<int64_t>(set.views.size()), B = B0 * V;
+  const int64_t B0 = static_cast<int64_t>(ids.size()), V = static_cast<int64_t>(set.views.size()), B = B0 * V;
   Pass p;
+  p.text = !images.defined();
   p.batch.labels = labels;
-  p.batch.images = views::apply(set, images);
+  if (!p.text) p.batch.images = views::apply(set, images);
   for (int64_t v = 0; v < V; ++v) p.batch.ids.insert(p.batch.ids.end(), ids.begin(), ids.end());
   std::vector<Sample> given(static_cast<size_t>(B0));  // other images, text, meta
   if (inputs != nullptr)
@@ -341,16 +238,29 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
     const int64_t b0 = b % B0;
     Sample s = given[b0];
     s.id = ids[b0];
-    s.images["image"] = p.batch.images[b];
+    if (!p.text) s.images["image"] = p.batch.images[b];
     s.requests = requests.empty() || requests[b0].empty() ? opt.targets : requests[b0];
     p.batch.samples.push_back(std::move(s));
   }
 
   const auto t = Clock::now();
-  plugin->prepare(model.module(), p.batch);
-  plugin->decode(model.module(), p.batch);
-  p.fwd = tapped->run(p.batch.inputs, /*record_grad=*/method->gradients);
-  times->forward_ms = ms_since(t);
+  try {
+    plugin->prepare(model.module(), p.batch);
+    plugin->decode(model.module(), p.batch);
+    p.fwd = tapped->run(p.batch.inputs, /*record_grad=*/method->gradients);
+  } catch (const std::exception& e) {
+    if (!p.text) throw;
+    XCAM_THROW("sample '{}' is text only, and plugin '{}' cannot take it ({}); use a plugin that reads text",
+               ids.at(0), opt.plugin, first_line(e.what()));
+  }
+  times->forward_ms += ms_since(t);
+  p.layouts = layouts_of(p.batch, p.fwd);
+  XCAM_CHECK(!p.text || (!p.layouts.empty() && !p.layouts[0].index.empty() &&
+                         std::none_of(p.layouts[0].words.begin(), p.layouts[0].words.end(),
+                                      [](const auto& w) { return w.empty(); })),
+             "sample '{}' is text only, and plugin '{}' lays out no words for layer '{}'; text samples need a "
+             "plugin whose token_layout() (ABI 2.2) gives the word tokens",
+             ids.at(0), opt.plugin, layers.at(0));
 
   TargetRequest req;
   for (const auto& sample : p.batch.samples) req.per_sample.push_back(sample.requests);
@@ -375,12 +285,57 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
   return p;
 }
 
+std::vector<Explainer::Impl::Laid> Explainer::Impl::layouts_of(const Batch& batch,
+                                                               const TappedForward::Result& fwd) const {
+  std::vector<Laid> out(layers.size());
+  if (plugin_minor < 2) return out;
+  const auto B = static_cast<int64_t>(batch.ids.size());
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const auto& tap = fwd.taps[l];
+    for (int64_t b = 0; b < B; ++b) {
+      const TokenLayout lay = plugin->token_layout(layers[l], tap, batch, b);
+      if (lay.grid_h <= 0) {
+        XCAM_CHECK(b == 0, "plugin '{}' lays out sample '{}' but not sample '{}' at layer '{}'", opt.plugin,
+                   batch.ids[0], batch.ids[b], layers[l]);
+        break;
+      }
+      auto& laid = out[l];
+      if (b == 0) {
+        laid.grid_h = lay.grid_h;
+        laid.grid_w = lay.grid_w;
+      }
+      XCAM_CHECK(lay.grid_h == laid.grid_h && lay.grid_w == laid.grid_w,
+                 "plugin '{}' lays sample '{}' out as {} x {} and sample '{}' as {} x {} in one batch at layer '{}'; "
+                 "its input_size() or batch_key() must keep them apart",
+                 opt.plugin, batch.ids[0], laid.grid_h, laid.grid_w, batch.ids[b], lay.grid_h, lay.grid_w, layers[l]);
+      const auto n = static_cast<int64_t>(lay.positions.size());
+      XCAM_CHECK(n == lay.grid_h * lay.grid_w && (lay.words.empty() || lay.words.size() == lay.positions.size()),
+                 "plugin '{}' lays sample '{}' out as {} x {} with {} positions and {} words at layer '{}'",
+                 opt.plugin, batch.ids[b], lay.grid_h, lay.grid_w, n, lay.words.size(), layers[l]);
+      const int64_t N = tap.dim() >= 2 ? tap.size(1) : 0;
+      for (int64_t q : lay.positions)
+        XCAM_CHECK(q >= 0 && q < N, "plugin '{}' lays sample '{}' out at position {}; layer '{}' has {} tokens",
+                   opt.plugin, batch.ids[b], q, layers[l], N);
+      laid.index.push_back(torch::tensor(lay.positions, torch::kLong).to(tap.device()));
+      laid.words.push_back(lay.words);
+    }
+  }
+  return out;
+}
+
 std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std::vector<std::string>& ids,
                                             const std::vector<std::vector<std::string>>& requests,
                                             StageTimes* times, const std::vector<SampleInput>* inputs) {
-  const int64_t H = images.size(2), W = images.size(3);
+  const bool text = !images.defined();
+  XCAM_CHECK(!text || method->kind != methods::Kind::perturbation,
+             "sample '{}' is text only; method '{}' perturbs images. Use a gradient or attention method", ids.at(0),
+             method->name);
+  XCAM_CHECK(!text || (!opt.aug_smooth && (opt.crops.rows == 0 || opt.crops.own_size)),
+             "sample '{}' is text only; aug_smooth and crops transform images. Turn them off for text", ids.at(0));
+  int64_t H = text ? 1 : images.size(2), W = text ? 1 : images.size(3);
   const auto set = view_set(H, W);
   const Pass pass = forward_pass(set, images, ids, requests, times, inputs);
+  if (text) W = pass.layouts[0].grid_h * pass.layouts[0].grid_w;  // a strip: 1 x T
   std::vector<MapResult> results;
   for (size_t r = 0; r < pass.ranks; ++r) rank_maps(pass, set, r, ids, H, W, times, results);
   return results;
@@ -404,7 +359,7 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
   times->backward_ms += ms_since(t);
 
   t = Clock::now();
-  const auto outs = method_maps(fwd, grads, batch, r, y, H, W);
+  const auto outs = method_maps(pass, grads, r, y, H, W);
   const size_t M = outs.size();
   std::vector<at::Tensor> low(M), status(M);
   for (size_t l = 0; l < M; ++l) {
@@ -431,7 +386,8 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
     }
     std::vector<at::Tensor> part;
     for (size_t l : idx) part.push_back(low[l]);
-    const at::Tensor m = idx.size() > 1 ? kernels::aggregate_layers(part, H, W).map
+    const auto hw = drawn_size(pass, on, H, W);
+    const at::Tensor m = idx.size() > 1 ? kernels::aggregate_layers(part, hw[0], hw[1]).map
                                         : kernels::minmax_normalize(outs[idx[0]].map);
     group_maps.push_back(views::combine(set, m, B0).cpu().contiguous());
   }
@@ -448,17 +404,18 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
       if (tg.padding) continue;
       MapResult m;
       m.image_id = ids[b0];
-      m.on = groups[gi].first;
+      m.on = pass.text ? "text" : groups[gi].first;
+      if (pass.text) m.words = pass.layouts[0].words[b];
       m.rank = r;
       m.target_label = tg.label;
       m.target_index = tg.index;
       m.target = tg;
       m.meta = meta[b0];
       m.score = b < static_cast<int64_t>(scores.size()) ? scores[b] : y[b].item<double>();
-      m.height = H;
-      m.width = W;
-      const float* mp = group_maps[gi].data_ptr<float>() + b0 * H * W;
-      m.map.assign(mp, mp + H * W);
+      m.height = group_maps[gi].size(1);
+      m.width = group_maps[gi].size(2);
+      const float* mp = group_maps[gi].data_ptr<float>() + b0 * m.height * m.width;
+      m.map.assign(mp, mp + m.height * m.width);
       for (size_t l : groups[gi].second) {
         const std::string what =
             M == layers.size() ? "layer '" + layers[l] + "'" : method->name + " of the tapped layers";
@@ -483,28 +440,34 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
   }
 }
 
-std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const TappedForward::Result& fwd,
-                                                             const std::vector<at::Tensor>& grads, const Batch& batch,
-                                                             size_t r, const at::Tensor& y, int64_t H, int64_t W) {
+std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const Pass& pass, const std::vector<at::Tensor>& grads,
+                                                             size_t r, const at::Tensor& y, int64_t H0, int64_t W0) {
   using methods::Kind;
+  const auto& fwd = pass.fwd;
+  const Batch& batch = pass.batch;
   const size_t L = layers.size();
   std::vector<kernels::MapOutput> out;
   if (method->kind == Kind::attention || method->kind == Kind::cross_layer) {
-    const int64_t B = batch.images.size(0);
+    const auto B = static_cast<int64_t>(batch.ids.size());
     std::vector<at::Tensor> attn(L), g(L);
     for (size_t l = 0; l < L; ++l) {
       attn[l] = methods::as_attention(fwd.taps[l].detach(), B, layers[l]);
       if (method->gradients) g[l] = grads[l].defined() ? grads[l].view_as(attn[l]) : torch::zeros_like(attn[l]);
     }
-    auto on_grid = [&](const at::Tensor& tokens) { return kernels::normalize_resize(token_grid(tokens, H, W), H, W); };
-    if (method->kind == Kind::cross_layer) return {on_grid(method->token_map(attn, g, opt.attention))};
-    for (size_t l = 0; l < L; ++l) out.push_back(on_grid(method->token_map({attn[l]}, {g[l]}, opt.attention)));
+    auto on_grid = [&](size_t l, const at::Tensor& tokens) {
+      const std::string on = method->kind == Kind::cross_layer ? "image" : plugin->image_of(layers[l]);
+      const auto hw = drawn_size(pass, on, H0, W0);
+      return kernels::normalize_resize(token_grid(pass, l, tokens, hw[0], hw[1]), hw[0], hw[1]);
+    };
+    if (method->kind == Kind::cross_layer) return {on_grid(L - 1, method->token_map(attn, g, opt.attention))};
+    for (size_t l = 0; l < L; ++l) out.push_back(on_grid(l, method->token_map({attn[l]}, {g[l]}, opt.attention)));
     return out;
   }
   for (size_t l = 0; l < L; ++l) {
-    const at::Tensor a = plugin->to_grid(layers[l], fwd.taps[l].detach(), batch);
+    const auto [H, W] = drawn_size(pass, plugin->image_of(layers[l]), H0, W0);
+    const at::Tensor a = grid_of(pass, l, fwd.taps[l].detach());
     at::Tensor g;
-    if (method->gradients) g = grads[l].defined() ? plugin->to_grid(layers[l], grads[l], batch) : torch::zeros_like(a);
+    if (method->gradients) g = grads[l].defined() ? grid_of(pass, l, grads[l]) : torch::zeros_like(a);
     if (method->name == "gradcam" && !opt.eigen_smooth)
       out.push_back(kernels::gradcam(a, g, H, W));  // the fused one-pass kernel
     else if (method->name == "scorecam")
@@ -517,296 +480,48 @@ std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const TappedForward
   return out;
 }
 
-at::Tensor Explainer::Impl::token_grid(const at::Tensor& tokens, int64_t H, int64_t W) const {
+std::array<int64_t, 2> Explainer::Impl::drawn_size(const Pass& pass, const std::string& on, int64_t H,
+                                                   int64_t W) const {
+  if (on == "image" || pass.batch.samples.empty()) return {H, W};
+  const auto& images = pass.batch.samples[0].images;  // one geometry per batch
+  const auto it = images.find(on);
+  return it == images.end() ? std::array<int64_t, 2>{H, W} : std::array<int64_t, 2>{it->second.size(1), it->second.size(2)};
+}
+
+at::Tensor Explainer::Impl::grid_of(const Pass& pass, size_t l, const at::Tensor& t) const {
+  const Laid& laid = pass.layouts.at(l);
+  if (laid.index.empty()) return plugin->to_grid(layers[l], t, pass.batch);
+  XCAM_CHECK(t.dim() == 3, "layer '{}' gives a {}-d tensor {}; a token layout needs B x N x C tokens", layers[l],
+             t.dim(), c10::str(t.sizes()));
+  std::vector<at::Tensor> rows;
+  for (size_t b = 0; b < laid.index.size(); ++b)
+    rows.push_back(t[static_cast<int64_t>(b)].index_select(0, laid.index[b]).t().reshape(
+        {t.size(2), laid.grid_h, laid.grid_w}));
+  return at::stack(rows);
+}
+
+at::Tensor Explainer::Impl::token_grid(const Pass& pass, size_t l, const at::Tensor& tokens, int64_t H,
+                                       int64_t W) const {
   const auto& o = opt.attention;
+  const int64_t N = tokens.size(1);
+  XCAM_CHECK(o.query >= 0 && o.query < N, "query token {} is out of range: the attention has {} tokens", o.query, N);
+  if (const Laid& laid = pass.layouts.at(l); !laid.index.empty()) {
+    std::vector<at::Tensor> rows;
+    for (size_t b = 0; b < laid.index.size(); ++b)
+      rows.push_back(tokens[static_cast<int64_t>(b)].index_select(0, laid.index[b]).reshape(
+          {laid.grid_h, laid.grid_w}));
+    return at::stack(rows);
+  }
   XCAM_CHECK(o.patch_h > 0 && o.patch_w > 0,
              "method '{}' lays the tokens on the patch grid and needs the model's patch size: set --patch P "
              "(YAML attention.patch) and, if the model has other than 1 token before the grid, --prefix-tokens",
              method->name);
-  const int64_t gh = H / o.patch_h, gw = W / o.patch_w, N = tokens.size(1);
-  XCAM_CHECK(o.query >= 0 && o.query < N, "query token {} is out of range: the attention has {} tokens", o.query, N);
+  const int64_t gh = H / o.patch_h, gw = W / o.patch_w;
   XCAM_CHECK(N - o.prefix == gh * gw,
              "the attention has {} tokens; {} prefix token(s) and a {} x {} grid ({} x {} input, patch {} x {}) "
              "make {}; set --prefix-tokens and --patch (YAML attention.prefix, attention.patch) to the model's",
              N, o.prefix, gh, gw, H, W, o.patch_h, o.patch_w, o.prefix + gh * gw);
   return tokens.narrow(1, o.prefix, gh * gw).reshape({tokens.size(0), gh, gw});
-}
-
-at::Tensor Explainer::Impl::scorecam(const at::Tensor& a, const Batch& batch, size_t rank) {
-  torch::NoGradGuard no_grad;
-  const int64_t B = a.size(0), K = a.size(1);
-  auto scores = torch::empty({B, K}, a.options().dtype(torch::kFloat32));
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t k0 = 0; k0 < K; k0 += opt.score_chunk) {
-      const int64_t k1 = std::min(K, k0 + opt.score_chunk);
-      Batch masked = repeat_sample(batch, b, rank, kernels::scorecam_masks(a[b], k0, k1, batch.images[b]));
-      const auto out = inference_model().forward(masked.inputs);
-      scores[b].slice(0, k0, k1).copy_(plugin->score(out, masked, 0, nullptr));
-    }
-  }
-  const auto w = scores.softmax(1);
-  if (opt.eigen_smooth) return methods::eigen_projection(a.to(torch::kFloat32) * w.unsqueeze(-1).unsqueeze(-1));
-  return kernels::weighted_sum_relu(a, w);
-}
-
-torch::jit::Module& Explainer::Impl::inference_model() {
-  if (!fast) {
-    fast = model.module();
-    if (opt.optimize) {
-      try {
-        auto frozen = torch::jit::freeze(model.module());
-        if (opt.device == "cpu" && onednn::available()) {
-          const auto st = onednn::rewrite_convolutions(frozen.get_method("forward").graph(), opt.winograd);
-          plugin_host()->log(plugin_host(), 0,
-                             fmt::format("perturbed forwards of '{}': {} convolution(s) on oneDNN, {} Winograd, {} "
-                                         "with ReLU, {} with the residual addition, {} chained in blocked layout",
-                                         opt.model, st.convolutions, st.winograd, st.fused_relu, st.fused_add,
-                                         st.blocked)
-                                 .c_str());
-        }
-        fast = torch::jit::optimize_for_inference(frozen);
-      } catch (const std::exception& e) {
-        std::string why = e.what();
-        const std::string msg = fmt::format("model '{}' cannot be frozen for the perturbed forwards ({}); using it "
-                                            "as it is (slower, same results)",
-                                            opt.model, why.substr(0, why.find('\n')));
-        plugin_host()->log(plugin_host(), 2, msg.c_str());
-      }
-    }
-  }
-  return *fast;
-}
-
-Batch Explainer::Impl::single_target(const at::Tensor& images, const Target& target, const std::string& id,
-                                     const Sample& like) {
-  Batch out;
-  const auto n = static_cast<size_t>(images.size(0));
-  out.images = images;
-  out.labels = labels;
-  out.targets.assign(n, {target});
-  out.ids.assign(n, id);
-  for (size_t i = 0; i < n; ++i) {
-    Sample s = like;
-    s.id = id;
-    s.images["image"] = images[static_cast<int64_t>(i)];
-    out.samples.push_back(std::move(s));
-  }
-  plugin->prepare(model.module(), out);
-  return out;
-}
-
-Batch Explainer::Impl::repeat_sample(const Batch& batch, int64_t b, size_t rank, const at::Tensor& images) {
-  Batch out = plugin->perturbation_batch(batch, b, rank, images);
-  XCAM_CHECK(out.images.defined() && out.images.size(0) == images.size(0) &&
-                 static_cast<int64_t>(out.targets.size()) == images.size(0),
-             "plugin '{}': perturbation_batch() must return the {} perturbed images, each with one target",
-             opt.plugin, images.size(0));
-  plugin->prepare(model.module(), out);
-  return out;
-}
-
-std::vector<double> Explainer::Impl::probabilities(const at::Tensor& images, const Target& target,
-                                                   const std::string& id, const Sample& like) {
-  Batch part = single_target(images, target, id, like);
-  const auto out = inference_model().forward(part.inputs);
-  std::vector<double> p;
-  plugin->score(out, part, 0, &p);
-  XCAM_CHECK(static_cast<int64_t>(p.size()) == images.size(0),
-             "plugin '{}' gives no readable score (probability) for its targets, which the faithfulness metrics "
-             "need; use a plugin that fills the scores of ArchPlugin::score",
-             opt.plugin);
-  return p;
-}
-
-std::vector<Faithfulness> Explainer::faithfulness(const std::vector<cv::Mat>& images,
-                                                  const std::vector<std::string>& ids,
-                                                  const std::vector<MapResult>& maps,
-                                                  const FaithfulnessOptions& options) {
-  std::vector<float> nchw;
-  nchw.reserve(images.size() * 3 * impl_->pre.height * impl_->pre.width);
-  for (const auto& im : images) preprocess_into(im, impl_->pre, nchw);
-  return faithfulness(nchw, static_cast<int64_t>(images.size()), ids, maps, options);
-}
-
-std::vector<Faithfulness> Explainer::faithfulness(const std::vector<float>& nchw, int64_t batch,
-                                                  const std::vector<std::string>& ids,
-                                                  const std::vector<MapResult>& maps,
-                                                  const FaithfulnessOptions& o) {
-  return host_errors([&] { return impl_->faithfulness(nchw, batch, ids, maps, o, nullptr); });
-}
-
-std::vector<Faithfulness> Explainer::faithfulness(const std::vector<SampleInput>& samples,
-                                                  const std::vector<MapResult>& maps,
-                                                  const FaithfulnessOptions& o) {
-  std::vector<float> nchw;
-  std::vector<std::string> ids;
-  for (const auto& s : samples) {
-    preprocess_into(s.image, impl_->pre, nchw);
-    ids.push_back(s.id);
-  }
-  return host_errors(
-      [&] { return impl_->faithfulness(nchw, static_cast<int64_t>(samples.size()), ids, maps, o, &samples); });
-}
-
-Sample Explainer::Impl::sample_of(const SampleInput& in) const {
-  Sample s;
-  s.id = in.id;
-  for (const auto& [name, mat] : in.images) {
-    std::vector<float> x;
-    preprocess_into(mat, pre, x);
-    s.images[name] = torch::from_blob(x.data(), {3, pre.height, pre.width}, torch::kFloat32).clone().to(model.device());
-  }
-  s.text = in.text;
-  s.requests = in.requests;
-  s.meta = in.meta;
-  return s;
-}
-
-std::vector<Faithfulness> Explainer::Impl::faithfulness(const std::vector<float>& nchw, int64_t batch,
-                                                        const std::vector<std::string>& ids,
-                                                        const std::vector<MapResult>& maps,
-                                                        const FaithfulnessOptions& o,
-                                                        const std::vector<SampleInput>* inputs) {
-  auto& m = *this;
-  const auto& p = m.pre;
-  const int64_t H = p.height, W = p.width, HW = H * W;
-  XCAM_CHECK(static_cast<int64_t>(nchw.size()) == batch * 3 * HW,
-             "preprocessed batch has {} floats, expected {} x 3 x {} x {}", nchw.size(), batch, H, W);
-  XCAM_CHECK(static_cast<int64_t>(ids.size()) == batch, "{} ids for a batch of {}", ids.size(), batch);
-  XCAM_CHECK(o.chunk > 0, "faithfulness chunk must be positive, got {}", o.chunk);
-  XCAM_CHECK(o.steps >= 0, "faithfulness steps must be positive (or 0 for the default), got {}", o.steps);
-  torch::NoGradGuard no_grad;
-  const auto dev = m.model.device();
-  const auto images =
-      torch::from_blob(const_cast<float*>(nchw.data()), {batch, 3, H, W}, torch::kFloat32).to(dev, false, true);
-
-  // Insertion's start: an 11 x 11 Gaussian (sigma 5) blur of each channel,
-  // zero padded (0 is the mean colour in the normalised space).
-  const auto g1 = (torch::arange(11, torch::kFloat64) - 5).pow(2).div(-2.0 * 25.0).exp();
-  const auto g2 = torch::outer(g1, g1);
-  const auto kernel = (g2 / g2.sum()).to(torch::kFloat32).to(dev).expand({3, 1, 11, 11}).contiguous();
-  const auto blurred = torch::conv2d(images, kernel, {}, 1, 5, 1, 3);
-
-  const int64_t n = o.steps > 0 ? o.steps : std::max<int64_t>(1, std::llround(std::sqrt(double(HW))));
-  const int64_t step = (HW + n - 1) / n;
-  // Each sample's other images, text and metadata, preprocessed once.
-  std::vector<Sample> likes(static_cast<size_t>(batch));
-  if (inputs != nullptr)
-    for (int64_t b = 0; b < batch; ++b) likes[b] = sample_of(inputs->at(b));
-  std::vector<Faithfulness> out;
-  out.reserve(maps.size());
-  for (const auto& mr : maps) {
-    const auto it = std::find(ids.begin(), ids.end(), mr.image_id);
-    XCAM_CHECK(it != ids.end(), "faithfulness: map for '{}' but no image with that id in the batch", mr.image_id);
-    XCAM_CHECK(static_cast<int64_t>(mr.map.size()) == HW,
-               "faithfulness: map for '{}' has {} values, expected {} x {} (the model's input size)", mr.image_id,
-               mr.map.size(), H, W);
-    const int64_t b = it - ids.begin();
-    if (mr.on != "image") {  // a map on another image: perturbing this one says nothing of it
-      out.emplace_back();
-      continue;
-    }
-    const Sample& like = likes[b];
-    const auto x = images[b];
-    const auto sal = torch::from_blob(const_cast<float*>(mr.map.data()), {HW}, torch::kFloat32).to(dev, false, true);
-    // rank[p]: position of pixel p in descending map order, ties in pixel order
-    const auto order = std::get<1>(sal.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-    const auto rank = torch::empty_like(order).scatter_(0, order, torch::arange(HW, order.options())).view({1, 1, H, W});
-
-    // The perturbed inputs, in order: x, x * map, deletion states 0..n,
-    // insertion states 0..n; state s has its first min(s * step, HW) pixels
-    // (in map order) deleted / inserted.
-    const int64_t total = 2 * n + 4;
-    auto states = [&](int64_t s0, int64_t s1) {
-      const auto th = (torch::arange(s0, s1, rank.options()) * step).view({-1, 1, 1, 1});
-      return rank < th;  // (s1 - s0) x 1 x H x W
-    };
-    auto build = [&](int64_t j0, int64_t j1) {
-      std::vector<at::Tensor> parts;
-      if (j0 <= 0 && 0 < j1) parts.push_back(x.unsqueeze(0));
-      if (j0 <= 1 && 1 < j1) parts.push_back((x * sal.view({1, H, W})).unsqueeze(0));
-      const int64_t d0 = std::max(j0, int64_t{2}), d1 = std::min(j1, n + 3);
-      if (d0 < d1)
-        parts.push_back(x.unsqueeze(0).expand({d1 - d0, 3, H, W}).masked_fill(states(d0 - 2, d1 - 2), 0.0));
-      const int64_t i0 = std::max(j0, n + 3), i1 = std::min(j1, total);
-      if (i0 < i1) parts.push_back(torch::where(states(i0 - n - 3, i1 - n - 3), x.unsqueeze(0), blurred[b].unsqueeze(0)));
-      return torch::cat(parts, 0);
-    };
-    // The map's whole target, payload included; maps made elsewhere may
-    // give only the class index and label.
-    Target t = mr.target;
-    if (t.index < 0 && t.label.empty()) {
-      t.index = mr.target_index;
-      t.label = mr.target_label;
-    }
-    std::vector<double> probs;
-    probs.reserve(static_cast<size_t>(total));
-    for (int64_t j0 = 0; j0 < total; j0 += o.chunk) {
-      const auto part = m.probabilities(build(j0, std::min(total, j0 + o.chunk)), t, mr.image_id, like);
-      probs.insert(probs.end(), part.begin(), part.end());
-    }
-
-    Faithfulness f;
-    f.base = probs[0];
-    f.masked = probs[1];
-    f.drop = f.base > 0 ? 100.0 * std::max(0.0, f.base - f.masked) / f.base : 0.0;
-    f.increase = f.base < f.masked;
-    auto auc = [&](size_t first, std::vector<double>* keep) {
-      double sum = 0;
-      for (int64_t s = 0; s <= n; ++s) sum += probs[first + s];
-      if (keep) keep->assign(probs.begin() + first, probs.begin() + first + n + 1);
-      return (sum - probs[first] / 2 - probs[first + n] / 2) / static_cast<double>(n);
-    };
-    f.deletion = auc(2, o.curves ? &f.deletion_curve : nullptr);
-    f.insertion = auc(static_cast<size_t>(n + 3), o.curves ? &f.insertion_curve : nullptr);
-    out.push_back(std::move(f));
-  }
-  return out;
-}
-
-at::Tensor Explainer::Impl::ablationcam(size_t l, const at::Tensor& tap, const at::Tensor& a, const Batch& batch,
-                                        size_t rank, const at::Tensor& y) {
-  torch::NoGradGuard no_grad;
-  const int64_t B = a.size(0), K = a.size(1);
-  // Channels of the tapped tensor: dim 1 of B x K x ..., or the last dim of
-  // B x N x C tokens (which the plugin's to_grid turns into K = C channels).
-  const int64_t cdim = tap.dim() == 3 ? 2 : 1;
-  XCAM_CHECK(tap.dim() >= 2 && tap.size(cdim) == K,
-             "ablationcam: layer '{}' gives a tensor of shape {} whose channels do not match the {} channels of "
-             "its grid; tap a layer whose output is B x K x h x w or B x N x C",
-             layers[l], c10::str(tap.sizes()), K);
-  auto scores = torch::empty({B, K}, y.options().dtype(torch::kFloat32));
-  for (int64_t b = 0; b < B; ++b) {
-    const auto sample = tap[b].unsqueeze(0);
-    // SPEC section 2: 0 when the sample's minimum is 0 (post-ReLU layers),
-    // otherwise the minimum minus 1e7. Decided on the device, no host sync.
-    const auto lo = sample.min();
-    const auto value = at::where(lo == 0, at::zeros_like(lo), lo - 1e7);
-    for (int64_t k0 = 0; k0 < K; k0 += opt.score_chunk) {
-      const int64_t n = std::min(K, k0 + opt.score_chunk) - k0;
-      std::vector<int64_t> reps(static_cast<size_t>(tap.dim()), 1);
-      reps[0] = n;
-      auto ablated = sample.repeat(reps);
-      // copy i has channel k0 + i ablated: a one-hot n x K mask, broadcast
-      std::vector<int64_t> mshape(static_cast<size_t>(tap.dim()), 1);
-      mshape[0] = n;
-      mshape[static_cast<size_t>(cdim)] = K;
-      const auto mask = at::arange(K, tap.options().dtype(torch::kLong))
-                            .unsqueeze(0)
-                            .eq(at::arange(k0, k0 + n, tap.options().dtype(torch::kLong)).unsqueeze(1))
-                            .view(mshape);
-      ablated.masked_fill_(mask, value.to(ablated.dtype()));
-      // the input as the model takes it; what only led up to the tap is not run
-      const auto images = batch.images[b].unsqueeze(0).expand({n, -1, -1, -1});
-      Batch part = repeat_sample(batch, b, rank, images);
-      const auto out = tapped->run_replacing(part.inputs, l, ablated);
-      scores[b].slice(0, k0, k0 + n).copy_(plugin->score(out, part, 0, nullptr));
-    }
-  }
-  const auto y0 = y.to(torch::kFloat32).unsqueeze(1);
-  const auto w = (y0 - scores) / y0;
-  if (opt.eigen_smooth) return methods::eigen_projection(a.to(torch::kFloat32) * w.unsqueeze(-1).unsqueeze(-1));
-  return kernels::weighted_sum_relu(a, w);
 }
 
 void Explainer::forward_only(const std::vector<float>& nchw, int64_t batch, StageTimes* times) {
@@ -820,7 +535,7 @@ void Explainer::forward_only(const std::vector<float>& nchw, int64_t batch, Stag
   b.images = images;
   for (int64_t i = 0; i < batch; ++i) {
     b.ids.push_back("bench" + std::to_string(i));
-    b.samples.push_back(Sample{b.ids.back(), {{"image", images[i]}}, "", m.opt.targets});
+    b.samples.push_back(Sample{b.ids.back(), {{"image", images[i]}}, "", m.opt.targets, {}});
   }
   host_errors([&] { m.plugin->prepare(m.model.module(), b); });
   auto out = m.model.module().forward(b.inputs);

@@ -1,17 +1,18 @@
 // The map methods, one registry entry each (private to the runtime). A method
 // is of one kind, which says what it reads and who runs it:
 //   channel       per layer, from the activations A and gradients g
-//                 (B x K x h x w after the plugin's to_grid): the CAM family
+//                 (B x K x h x w: the plugin's token layout or to_grid): the CAM family
 //                 of SPEC section 2; its map function is here.
 //   perturbation  per layer, with extra forwards of the model (Score-CAM,
-//                 Ablation-CAM): the Explainer runs them (explain.cpp).
+//                 Ablation-CAM): the Explainer runs them (perturb.cpp).
 //   attention     per layer, the tapped value is the map: attention
 //                 probabilities B x heads x N x N, heads fused, the row of
 //                 one query token (SPEC section 6).
 //   cross_layer   every tapped layer at once, in tap order: attention
 //                 rollout and gradient-weighted relevancy (SPEC section 6).
 // Attention and cross-layer methods give a score per token (B x N); the
-// runtime drops the prefix tokens and lays the rest on the patch grid.
+// runtime lays them out by the plugin's token layout (ABI 2.2) or, without
+// one, drops the prefix tokens and lays the rest on the patch grid.
 #pragma once
 
 #include <ATen/ATen.h>

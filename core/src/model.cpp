@@ -627,7 +627,7 @@ std::vector<c10::IValue> probe_inputs(Model& model, const ProbeInput& in) {
     Batch b;
     b.images = torch::randn({1, 3, pre.height, pre.width});
     b.ids = {"probe"};
-    b.samples = {Sample{"probe", {{"image", b.images[0]}}}};
+    b.samples = {Sample{"probe", {{"image", b.images[0]}}, "", {}, {}}};
     plugin->prepare(model.module(), b);
     return b.inputs;
   } catch (const c10::Error&) {

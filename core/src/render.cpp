@@ -5,6 +5,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
+#include <cmath>
 
 #include "xcam/error.h"
 #include "xcam/io.h"
@@ -99,6 +100,45 @@ cv::Mat render_panel(const cv::Mat& rgb, const Rendered& r, const std::string& t
   cv::putText(panel, title, cv::Point(4, title_h - 11), cv::FONT_HERSHEY_SIMPLEX, scale, cv::Scalar(0, 0, 0), 1,
               cv::LINE_AA);
   return panel;
+}
+
+cv::Mat render_token_strip(const std::vector<std::string>& words, const std::vector<float>& values, Colormap c,
+                           const std::string& title, int max_width) {
+  XCAM_CHECK(words.size() == values.size() && !words.empty(), "token strip: {} words and {} values", words.size(),
+             values.size());
+  const int box_h = 30, gap = 4, pad = 6, title_h = title.empty() ? 0 : 30;
+  const double scale = 0.55;
+  // Boxes left to right, wrapped onto a new line where the next would pass max_width.
+  std::vector<cv::Rect> boxes;
+  int x = gap, y = title_h + gap, right = 0;
+  for (const auto& w : words) {
+    const int bw = text_width(w, scale) + 2 * pad;
+    if (x > gap && x + bw + gap > max_width) {
+      x = gap;
+      y += box_h + gap;
+    }
+    boxes.emplace_back(x, y, bw, box_h);
+    x += bw + gap;
+    right = std::max(right, x);
+  }
+  const int width = std::max(right, title.empty() ? 0 : std::min(max_width, text_width(title, 0.5) + 8));
+  cv::Mat strip(y + box_h + gap, width, CV_8UC3, cv::Scalar(255, 255, 255));
+  const auto& lut = colormap_lut(c);
+  for (size_t i = 0; i < words.size(); ++i) {
+    const float v = std::isfinite(values[i]) ? std::clamp(values[i], 0.f, 1.f) : 0.f;
+    const auto k = static_cast<size_t>(std::lround(v * 255.f)) * 3;
+    const cv::Scalar colour(lut[k], lut[k + 1], lut[k + 2]);
+    cv::rectangle(strip, boxes[i], colour, cv::FILLED);
+    // Dark text on light boxes, light on dark (Rec. 601 luma).
+    const double luma = 0.299 * lut[k] + 0.587 * lut[k + 1] + 0.114 * lut[k + 2];
+    const cv::Scalar ink = luma > 128 ? cv::Scalar(0, 0, 0) : cv::Scalar(255, 255, 255);
+    cv::putText(strip, words[i], cv::Point(boxes[i].x + pad, boxes[i].y + box_h - 10), cv::FONT_HERSHEY_SIMPLEX, scale,
+                ink, 1, cv::LINE_AA);
+  }
+  if (!title.empty())
+    cv::putText(strip, title, cv::Point(4, title_h - 10), cv::FONT_HERSHEY_SIMPLEX,
+                fit_scale(title, strip.cols - 8, 0.5, 0.3), cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+  return strip;
 }
 
 cv::Mat render_grid(const std::string& title, const std::vector<std::string>& col_headers,

@@ -47,6 +47,11 @@ json to_json(const ItemRecord& r) {
   j["insertion"] = opt(r.insertion);
   j["drop"] = opt(r.drop);
   j["increase"] = opt(r.increase);
+  if (!r.words.empty()) {
+    json tokens = json::array();
+    for (size_t i = 0; i < r.words.size(); ++i) tokens.push_back({{"token", r.words[i]}, {"value", r.word_values[i]}});
+    j["tokens"] = tokens;
+  }
   return j;
 }
 
@@ -81,6 +86,11 @@ ItemRecord from_json(const json& j) {
   r.insertion = number("insertion");
   r.drop = number("drop");
   r.increase = flag("increase");
+  if (j.contains("tokens") && j["tokens"].is_array())
+    for (const auto& t : j["tokens"]) {
+      r.words.push_back(t.at("token"));
+      r.word_values.push_back(t.at("value"));
+    }
   return r;
 }
 
@@ -117,7 +127,11 @@ void write_results(const std::string& dir, const std::vector<ItemRecord>& record
       all = json::array();
     }
   }
-  for (const auto& r : records) all.push_back(to_json(r));
+  // This run's rows, the last one of a key where a map was written twice.
+  std::map<std::string, size_t> last;
+  for (size_t i = 0; i < records.size(); ++i) last[row_key(to_json(records[i]))] = i;
+  for (size_t i = 0; i < records.size(); ++i)
+    if (last[row_key(to_json(records[i]))] == i) all.push_back(to_json(records[i]));
   std::ostringstream csv;
   csv << "image,id,on,method,layers,target,target_index,rank,score,forward_ms,backward_ms,cam_ms,pointing_hit,"
          "centre_hit,energy,deletion,insertion,drop,increase,warnings\n";
@@ -138,7 +152,8 @@ void write_results(const std::string& dir, const std::vector<ItemRecord>& record
 
 std::string method_label(const ExplainerOptions& o) {
   std::string label = o.method + (o.aug_smooth ? "+aug" : "") + (o.eigen_smooth ? "+eigen" : "");
-  if (o.crops.rows > 0) label += fmt::format("+crops{}x{}o{}", o.crops.rows, o.crops.cols, o.crops.overlap);
+  if (o.crops.rows > 0)
+    label += fmt::format("+crops{}x{}o{}{}", o.crops.rows, o.crops.cols, o.crops.overlap, o.crops.own_size ? "own" : "");
   return label;
 }
 
@@ -192,6 +207,7 @@ std::vector<std::string> input_ids(const std::vector<std::string>& images) {
   for (size_t depth = 0; !todo.empty(); ++depth) {
     std::map<std::string, std::vector<size_t>> by_id;
     for (size_t i : todo) {
+      if (images[i].empty()) continue;  // a text sample: named by sample_ids()
       fs::path p = fs::absolute(images[i]).lexically_normal();
       std::string id = p.stem().string();
       fs::path parent = p.parent_path();
@@ -209,13 +225,34 @@ std::vector<std::string> input_ids(const std::vector<std::string>& images) {
   return ids;
 }
 
+// The samples' ids: a manifest's own, else unique ones from the image paths
+// (input_ids), "text<k>" for the k-th sample when it is text only.
+std::vector<std::string> sample_ids(const std::vector<SampleSpec>& samples) {
+  std::vector<std::string> images;
+  for (const auto& sp : samples) images.push_back(sp.image);
+  auto ids = input_ids(images);
+  for (size_t i = 0; i < samples.size(); ++i) {
+    if (!samples[i].id.empty()) ids[i] = safe_name(samples[i].id);
+    else if (images[i].empty()) ids[i] = fmt::format("text{}", i + 1);
+  }
+  // Ids that still meet (an explicit "a/b" and "a_b", "text3" and a file text3.png): the later ones get "-2", "-3", ...
+  std::set<std::string> used;
+  for (auto& id : ids) {
+    std::string unique = id;
+    for (int k = 2; !used.insert(unique).second; ++k) unique = fmt::format("{}-{}", id, k);
+    id = unique;
+  }
+  return ids;
+}
+
 // Output stems of one input's maps: <id>_<label>, and <id>_<label>_r<rank>
 // where two targets of the input share a label (a repeated word, `top1,0,0`).
 // A map drawn on another named image than "image" gets that name too:
 // <id>_<name>_<label>.
 std::vector<std::string> output_stems(const std::string& id, const std::vector<const MapResult*>& maps) {
   auto base = [&](const MapResult* m) {
-    return id + "_" + (m->on == "image" ? "" : safe_name(m->on) + "_") + safe_name(m->target_label);
+    const bool main = m->on == "image" || m->on == "text";  // the sample itself
+    return id + "_" + (main ? "" : safe_name(m->on) + "_") + safe_name(m->target_label);
   };
   std::map<std::string, int> uses;
   for (const auto* m : maps) ++uses[base(m)];
@@ -275,6 +312,8 @@ struct Item {
   SampleSpec spec;
   cv::Mat rgb;
   std::map<std::string, cv::Mat> others;  // the sample's other named images
+  // How messages name it: its image, or its id for a text sample.
+  const std::string& name() const { return path.empty() ? id : path; }
 };
 
 // What the Explainer takes of an item.
@@ -338,7 +377,7 @@ struct Writer {
   ItemRecord write_map(const Item& item, const MapResult& m, const std::string& stem, const Faithfulness* f,
                        const StageTimes& t, double n) const {
     ItemRecord r;
-    r.image = fs::path(item.path).filename().string();
+    r.image = item.path.empty() ? "" : fs::path(item.path).filename().string();
     r.id = item.id;
     r.method = method_label(ex.options());
     r.layers = layers;
@@ -358,8 +397,12 @@ struct Writer {
       r.drop = f->drop;
       r.increase = f->increase;
     }
-    for (const auto& w : m.warnings) std::cerr << "xcam: warning: " << item.path << " [" << m.target_label << "]: " << w << "\n";
+    for (const auto& w : m.warnings) std::cerr << "xcam: warning: " << item.name() << " [" << m.target_label << "]: " << w << "\n";
     r.on = m.on;
+    if (m.on == "text") {
+      write_text_map(m, stem, r);
+      return r;
+    }
     const auto other = item.others.find(m.on);
     XCAM_CHECK(m.on == "image" || other != item.others.end(),
                "the plugin draws a map on image '{}', which sample '{}' does not have; give it in the manifest's "
@@ -402,6 +445,30 @@ struct Writer {
     return r;
   }
 
+  // A map over a text sample's tokens: the values (1 x T .npy), a heat strip
+  // over the words (.png; with a title line for the panel) and the numbers in
+  // the record.
+  void write_text_map(const MapResult& m, const std::string& stem, ItemRecord& r) const {
+    XCAM_CHECK(m.words.size() == m.map.size(), "map of text sample '{}' has {} values for {} words", r.id,
+               m.map.size(), m.words.size());
+    r.words = m.words;
+    r.word_values = m.map;
+    const fs::path dir(out.dir);
+    if (out.save_map) {
+      write_npy((dir / (stem + ".npy")).string(), {1, static_cast<int64_t>(m.map.size())}, m.map.data());
+      r.outputs.push_back(stem + ".npy");
+    }
+    if (out.save_overlay) {
+      write_png((dir / (stem + ".png")).string(), render_token_strip(m.words, m.map, cmap));
+      r.outputs.push_back(stem + ".png");
+    }
+    if (out.save_panel) {
+      const auto title = fmt::format("{} | {} @ {} | {} p={:.3f}", r.id, r.method, layers, m.target_label, m.score);
+      write_png((dir / (stem + "_panel.png")).string(), render_token_strip(m.words, m.map, cmap, title));
+      r.outputs.push_back(stem + "_panel.png");
+    }
+  }
+
   // Writes the outputs of one explained item, then its record file (last,
   // atomically: a killed run never leaves a record for missing outputs).
   void write_item(const Item& item, const std::vector<MapResult>& maps, const std::vector<Faithfulness>& faith,
@@ -422,7 +489,7 @@ struct Writer {
       const json j{{"input", item.path}, {"digest", item.digest}, {"records", rs}};
       write_file_atomic((item_dir / (item.id + ".json")).string(), j.dump(1));
     } catch (const Error& e) {
-      fail(item.path, e.what());
+      fail(item.name(), e.what());
       return;
     }
     for (auto& r : item_records) {
@@ -454,7 +521,7 @@ struct Writer {
         if (group.size() > 1)
           for (size_t i : group) groups.push_back({i});
         else
-          fail(items[group[0]].path, e.what());
+          fail(items[group[0]].name(), e.what());
         continue;
       }
       for (size_t i : group) write_item(items[i], maps, faith, t, static_cast<double>(group.size()));
@@ -470,20 +537,21 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
                        std::vector<ItemRecord>& records, RunSummary& summary, const RunOptions& opt,
                        const std::string& progress_label) {
   Writer w{ex, boxes, out, records, summary, parse_colormap(out.colormap), fmt::format("{}", fmt::join(ex.layers(), "+")),
-           fs::path(out.dir) / ".items", opt.progress && ::isatty(STDERR_FILENO)};
+           fs::path(out.dir) / ".items", opt.progress && ::isatty(STDERR_FILENO), 0, 0, progress_label};
   w.total = samples.size();
-  w.progress_label = progress_label;
   remove_stale_temporaries(out.dir);
   remove_stale_temporaries(w.item_dir);
   const std::string fingerprint = run_fingerprint(ex, out);
   std::vector<std::string> images;
   for (const auto& sp : samples) images.push_back(sp.image);
-  const auto ids = input_ids(images);
+  const auto ids = sample_ids(samples);
 
   // Resume: items finished with the same digest are taken as they are.
   std::vector<Item> pending;
   for (size_t i = 0; i < samples.size(); ++i) {
-    Item item{images[i], samples[i].id.empty() ? ids[i] : safe_name(samples[i].id)};
+    Item item;
+    item.path = images[i];
+    item.id = ids[i];
     item.spec = samples[i];
     try {
       item.requests = samples[i].targets.empty() ? w.requests_of(images[i], targets) : samples[i].targets;
@@ -512,11 +580,11 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
     for (size_t i = start; i < std::min(pending.size(), start + static_cast<size_t>(batch_size)); ++i) {
       try {
         Item item = pending[i];  // the images are held for this batch only
-        item.rgb = load_rgb(item.path);
+        if (!item.path.empty()) item.rgb = load_rgb(item.path);
         for (const auto& [name, p] : item.spec.images) item.others[name] = load_rgb(p);
         batch.push_back(std::move(item));
       } catch (const Error& e) {
-        w.fail(pending[i].path, e.what());
+        w.fail(pending[i].name(), e.what());
       }
     }
     if (batch.empty()) continue;
@@ -535,6 +603,101 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
     w.explain_batch(batch);
   }
   if (w.tty) std::cerr << "\n";
+}
+
+// ------------------------------------------------------------- tasks ----
+
+namespace {
+
+// The run's side of a plugin's dataset task: samples loaded on demand, maps
+// written as explain_and_write writes them, panels, JSON and metrics.
+class RunnerTask final : public TaskRun {
+ public:
+  RunnerTask(Writer& w, std::vector<Item> items) : w_(w), items_(std::move(items)) {}
+  size_t size() const override { return items_.size(); }
+  const std::string& id(size_t i) const override { return items_.at(i).id; }
+  const std::string& output_dir() const override { return w_.out.dir; }
+  SampleInput load(size_t i) override { return input_of(loaded(i)); }
+
+  void write_maps(const std::vector<MapResult>& maps) override {
+    for (size_t i = 0; i < items_.size(); ++i)
+      if (std::any_of(maps.begin(), maps.end(), [&](const MapResult& m) { return m.image_id == items_[i].id; }))
+        w_.write_item(loaded(i), maps, {}, StageTimes{}, 1.0);
+  }
+  void write_panel(const std::string& name, const std::string& title, const std::vector<MapResult>& maps) override {
+    std::vector<std::string> headers;
+    std::vector<cv::Mat> tiles;
+    for (const auto& m : maps) {
+      const Item& item = loaded(index_of(m.image_id));
+      headers.push_back(m.image_id + " " + m.target_label);
+      if (m.on == "text") {
+        tiles.push_back(render_token_strip(m.words, m.map, w_.cmap));
+        continue;
+      }
+      const auto it = item.others.find(m.on);
+      XCAM_CHECK(m.on == "image" || it != item.others.end(), "task panel '{}': sample '{}' has no image '{}'", name,
+                 m.image_id, m.on);
+      const cv::Mat& rgb = m.on == "image" ? item.rgb : it->second;
+      tiles.push_back(render_overlay(rgb, map_at_image_size(m.map, m.height, m.width, rgb), w_.out.alpha, w_.cmap).overlay);
+    }
+    XCAM_CHECK(!tiles.empty(), "task panel '{}' has no maps", name);
+    write_png((fs::path(w_.out.dir) / (safe_name(name) + ".png")).string(), render_grid(title, headers, {}, {tiles}));
+  }
+  void write_json(const std::string& name, const std::string& text) override {
+    write_file_atomic((fs::path(w_.out.dir) / (safe_name(name) + ".json")).string(), text + "\n");
+  }
+  void add_metric(const std::string& name, double value) override { metrics[name] = value; }
+  std::map<std::string, double> metrics;
+
+ private:
+  size_t index_of(const std::string& id) const {
+    for (size_t i = 0; i < items_.size(); ++i)
+      if (items_[i].id == id) return i;
+    XCAM_THROW("task: no sample '{}' in this run", id);
+  }
+  // Item i with its images read (kept for the task's length: tasks revisit samples).
+  const Item& loaded(size_t i) {
+    Item& item = items_.at(i);
+    if (item.rgb.empty() && !item.path.empty()) item.rgb = load_rgb(item.path);
+    for (const auto& [name, p] : item.spec.images)
+      if (!item.others.count(name)) item.others[name] = load_rgb(p);
+    return item;
+  }
+
+  Writer& w_;
+  std::vector<Item> items_;
+};
+
+}  // namespace
+
+void run_task_and_write(Explainer& ex, const std::string& task_json, const std::vector<SampleSpec>& samples,
+                        const std::vector<std::string>& targets, const OutputOptions& out,
+                        std::vector<ItemRecord>& records, RunSummary& summary) {
+  Writer w{ex, nullptr, out, records, summary, parse_colormap(out.colormap),
+           fmt::format("{}", fmt::join(ex.layers(), "+")), fs::path(out.dir) / ".items", false, 0, 0, ""};
+  fs::create_directories(w.item_dir);
+  remove_stale_temporaries(out.dir);
+  remove_stale_temporaries(w.item_dir);
+  std::vector<Item> items;
+  const auto ids = sample_ids(samples);
+  for (size_t i = 0; i < samples.size(); ++i) {
+    Item item;
+    item.path = samples[i].image;
+    item.id = ids[i];
+    item.spec = samples[i];
+    item.requests = samples[i].targets.empty() ? targets : samples[i].targets;
+    items.push_back(std::move(item));
+  }
+  w.total = items.size();
+  RunnerTask run(w, std::move(items));
+  ex.run_task(task_json, run);
+  json metrics = json::object();
+  for (const auto& [k, v] : run.metrics) {
+    metrics[k] = v;
+    summary.metrics[k] = v;
+  }
+  write_file_atomic((fs::path(out.dir) / "task.json").string(),
+                    json{{"task", json::parse(task_json)}, {"metrics", metrics}}.dump(2) + "\n");
 }
 
 }  // namespace xcam

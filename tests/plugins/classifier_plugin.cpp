@@ -1,9 +1,11 @@
-// A small classifier plugin that uses the ABI 2 hooks, built twice: as ABI
-// 2.0 (PLUGIN_MINOR=0) and 2.1. It names layer "last" (an alias of block4),
+// A small classifier plugin that uses the ABI 2 hooks, built three times: as
+// ABI 2.0 (PLUGIN_MINOR=0), 2.1 and 2.2. It names layer "last" (an alias of block4),
 // puts a payload on its targets, keeps per-sample state in the extras that
 // its score reads (a factor per sample, set once by prepare()), and reports
-// metadata (2.1). The host must call metadata() only on the 2.1 build and
-// carry the per-sample state into the perturbation paths.
+// metadata (2.1), and asks for 96 x 96 inputs through input_size() (2.2).
+// The host must call metadata() only on the 2.1 and 2.2 builds,
+// input_size() only on the 2.2 one, and carry the per-sample state into the
+// perturbation paths.
 #include <torch/version.h>
 
 #include <nlohmann/json.hpp>
@@ -40,6 +42,7 @@ class ClassifierPlugin final : public xcam::ArchPlugin {
   }
   std::vector<std::string> default_layers(const torch::jit::Module&) const override { return {"block4"}; }
   std::map<std::string, std::string> layer_aliases() const override { return {{"last", "block4"}}; }
+  std::array<int64_t, 2> input_size(const std::string&, int64_t, int64_t) const override { return {96, 96}; }
 
   // The factor of a sample: 1 + its position's parity, fixed when the batch
   // is first prepared; a perturbation batch must carry it (sliced to the sample).

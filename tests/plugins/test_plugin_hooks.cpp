@@ -41,6 +41,22 @@ std::vector<float> inputs(int64_t B) {
   return std::vector<float>(x.f32.begin(), x.f32.begin() + B * 3 * 128 * 128);
 }
 
+// input_size() came with ABI 2.2: the 2.2 build's 96 x 96 is used, the same
+// override in the 2.0 and 2.1 builds is never called (their maps stay at the
+// preprocess() size, 128 x 128).
+TEST(PluginHooks, InputSizeOnlyFor22) {
+  for (const auto& [build, size] : std::vector<std::pair<std::string, int>>{{"classifier20", 128}, {"classifier21", 128}, {"classifier22", 96}}) {
+    xcam::Explainer ex(options(build));
+    xcam::SampleInput s;
+    s.id = "s0";
+    s.image = xcam::load_rgb(xcam::test::source("zoo/data/shapes/val_000.png"));
+    const auto maps = ex.explain(std::vector<xcam::SampleInput>{s});
+    ASSERT_EQ(maps.size(), 1u) << build;
+    EXPECT_EQ(maps[0].height, size) << build;
+    EXPECT_EQ(maps[0].width, size) << build;
+  }
+}
+
 TEST(PluginHooks, AliasesPayloadAndMetadataOnlyFor21) {
   for (const std::string build : {"classifier20", "classifier21"}) {
     xcam::Explainer ex(options(build));
@@ -161,11 +177,22 @@ TEST(Manifest, SamplesReachThePluginWhole) {
   const auto changed = xcam::test::run_command(cmd);
   EXPECT_NE(changed.output.find("done 1, resumed 1"), std::string::npos) << changed.output;
   // A bad line is named.
-  std::ofstream(tmp / "bad.jsonl") << "{\"image\": \"" << img(0) << "\"}\n{\"text\": \"no image\"}\n";
+  std::ofstream(tmp / "bad.jsonl") << "{\"image\": \"" << img(0) << "\"}\n{\"id\": \"nothing\"}\n";
   const auto bad = xcam::test::run_command(xcam::test::xcam_cmd() + "explain --model " +
                                            xcam::test::source("zoo/models/shapes_cnn_traced.pt") + " --manifest " +
                                            (tmp / "bad.jsonl") + " --out " + (tmp / "b"));
-  xcam::test::expect_one_line_error(bad, "bad.jsonl:2: no \"image\"");
+  xcam::test::expect_one_line_error(bad, "bad.jsonl:2: no \"image\" (the path of the image maps are drawn on) and no "
+                                         "\"text\"");
+  // A text-only line is a sample; an image plugin reports it and skips it, the image samples are written.
+  std::ofstream(tmp / "text.jsonl") << "{\"image\": \"" << img(0) << "\"}\n{\"text\": \"no image\"}\n";
+  const auto text = xcam::test::run_command(xcam::test::xcam_cmd() + "explain --model " +
+                                            xcam::test::source("zoo/models/shapes_cnn_traced.pt") + " --manifest " +
+                                            (tmp / "text.jsonl") + " --out " + (tmp / "t"));
+  EXPECT_EQ(text.status, 1);
+  EXPECT_NE(text.output.find("done 1, resumed 0, failed 1"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("skipped text2: sample 'text2' is text only, and plugin 'cnn' cannot take it"),
+            std::string::npos)
+      << text.output;
 }
 
 // (a) siamese similarity: one pass gives the query's map on the query image

@@ -38,7 +38,7 @@ struct CompareOptions {
 // One input of a run: an image from a glob, a directory or a list, or a
 // line of a JSON Lines manifest (docs/yaml.md, "Manifest") with more.
 struct SampleSpec {
-  std::string image;                          // path of the image maps are drawn on
+  std::string image;                          // path of the image maps are drawn on; empty: a text sample
   std::string id;                             // empty: from the file name, unique per run
   std::map<std::string, std::string> images;  // other named images ("reference"): name -> path
   std::string text;                           // a prompt
@@ -67,6 +67,9 @@ struct ExperimentConfig {
   int threads = 0;
   OutputOptions outputs;
   std::optional<CompareOptions> compare;    // set: the run is a method comparison
+  // YAML `task:` as a JSON object (empty: none): the plugin's dataset-level
+  // task runs over the inputs instead of explaining each (ABI 2.2 plugins).
+  std::string task;
 };
 
 // Parses and validates a YAML experiment. Errors name the file, line and key;
@@ -100,6 +103,10 @@ struct ItemRecord {
   std::optional<bool> increase;
   std::vector<std::string> outputs, warnings;
   std::map<std::string, std::string> meta;  // the plugin's facts about the sample (caption, answer, ...)
+  // A map over text (on == "text"): its tokens and their values, written as
+  // "tokens": [{"token": ..., "value": ...}].
+  std::vector<std::string> words;
+  std::vector<float> word_values;
 };
 
 struct RunOptions {
@@ -118,6 +125,7 @@ struct RunSummary {
   // run_experiment: the records of every map, finished now or before, with
   // outputs relative to the experiment's output directory.
   std::vector<ItemRecord> records;
+  std::map<std::string, double> metrics;  // a plugin task's dataset-level numbers
 };
 
 // Runs every method x layer set over the inputs; writes outputs, per-item
@@ -133,6 +141,15 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
                        const std::map<std::string, std::vector<Box>>* boxes, const OutputOptions& out,
                        std::vector<ItemRecord>& records, RunSummary& summary, const RunOptions& opt,
                        const std::string& progress_label = "");
+
+// Runs the plugin's dataset task (`task_json`, ExperimentConfig::task) over
+// `samples`: the maps it writes go to out.dir as explain_and_write writes
+// them (records appended), its panels and JSON files too, and task.json
+// holds the task and its metrics (also in summary.metrics). A task is
+// dataset-level: a re-run runs it again.
+void run_task_and_write(Explainer& ex, const std::string& task_json, const std::vector<SampleSpec>& samples,
+                        const std::vector<std::string>& targets, const OutputOptions& out,
+                        std::vector<ItemRecord>& records, RunSummary& summary);
 
 // results.json and results.csv in `dir`: one row per record (map).
 void write_results(const std::string& dir, const std::vector<ItemRecord>& records);

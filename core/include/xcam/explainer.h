@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "xcam/image.h"
+#include "xcam/result.h"
 #include "xcam/target.h"
 
 namespace xcam {
@@ -64,9 +65,15 @@ struct ExplainerOptions {
   // the model's size in the same batched forward as the whole input (whose
   // targets they explain); their maps go back onto the input, overlaps
   // averaged, then min-max normalised. rows 0: off. Not with aug_smooth.
+  // own_size: each crop is cut from the original image instead and taken
+  // as an image of its own: sized by the plugin (a VLM's grid then comes
+  // from the crop) or to the model's size, explained in batches of its
+  // geometry for the targets resolved on the whole image, its map pasted
+  // back onto the whole image's input grid.
   struct Crops {
     int64_t rows = 0, cols = 0;
     double overlap = 0.25;
+    bool own_size = false;
   } crops;
   AttentionOptions attention;  // attention, rollout, relevancy
 };
@@ -76,20 +83,6 @@ const std::vector<std::string>& available_methods();
 // Those that map a layer of feature maps (the CAM family and the
 // perturbation methods, not the attention ones): `xcam compare`'s default.
 const std::vector<std::string>& cam_methods();
-
-struct MapResult {
-  std::string image_id;
-  std::string on = "image";    // the sample's named image the map is drawn on (ArchPlugin::image_of)
-  size_t rank = 0;             // position among this sample's targets
-  std::string target_label;    // class name (or index when no labels are known)
-  int64_t target_index = -1;
-  double score = 0;            // the plugin's readable score (e.g. softmax probability)
-  int64_t height = 0, width = 0;  // model input size
-  std::vector<float> map;      // height x width, in [0, 1]
-  std::vector<std::string> warnings;  // constant map, NaN/Inf, ...
-  Target target;               // the whole target (kind, payload, ...), as the plugin resolved it
-  std::map<std::string, std::string> meta;  // the plugin's facts about the sample (ABI 2.1 plugins)
-};
 
 // Faithfulness metrics of SPEC section 5 for one map. "Probability" is the
 // plugin's readable score of the map's target (softmax probability for the
@@ -129,6 +122,22 @@ struct SampleInput {
   std::string text;
   std::vector<std::string> requests;
   std::map<std::string, std::string> meta;
+};
+
+// What a run lends a plugin's dataset-level task (Explainer::run_task): its
+// samples, loaded on demand, and its outputs. The runner implements it over
+// its writer; ArchPlugin::run_task sees it through the plugin's TaskHost.
+class TaskRun {
+ public:
+  virtual ~TaskRun() = default;
+  virtual size_t size() const = 0;
+  virtual const std::string& id(size_t i) const = 0;
+  virtual SampleInput load(size_t i) = 0;  // throws xcam::Error naming an unreadable input
+  virtual void write_maps(const std::vector<MapResult>& maps) = 0;
+  virtual void write_panel(const std::string& name, const std::string& title, const std::vector<MapResult>& maps) = 0;
+  virtual void write_json(const std::string& name, const std::string& json) = 0;
+  virtual void add_metric(const std::string& name, double value) = 0;
+  virtual const std::string& output_dir() const = 0;
 };
 
 class Explainer {
@@ -180,7 +189,7 @@ class Explainer {
   // The same for whole samples (their other images, text and metadata reach
   // the plugin as in explain()). Maps drawn on another image than "image"
   // get a default Faithfulness (all zero): perturbing "image" says nothing
-  // of them.
+  // of them; so do maps of text samples.
   std::vector<Faithfulness> faithfulness(const std::vector<SampleInput>& samples, const std::vector<MapResult>& maps,
                                          const FaithfulnessOptions& options = {});
   // The same for 8-bit RGB images of any size (preprocessed as explain does).
@@ -188,11 +197,17 @@ class Explainer {
                                          const std::vector<MapResult>& maps,
                                          const FaithfulnessOptions& options = {});
 
+  // Runs the plugin's dataset task: `task_json` is the YAML `task:` block as
+  // a JSON object with its "name". Throws xcam::Error when the plugin (ABI
+  // below 2.2) has no tasks or refuses this one.
+  void run_task(const std::string& task_json, TaskRun& run);
+
   // The model's plain forward on the batch (no taps, no autograd): the
   // baseline `xcam bench` compares against.
   void forward_only(const std::vector<float>& nchw, int64_t batch, StageTimes* times);
 
  private:
+  friend class ExplainerTaskHost;  // task_host.cpp
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

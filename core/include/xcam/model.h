@@ -13,7 +13,7 @@
 
 namespace xcam {
 
-// Where a tap reads a value (docs/architecture.md, "Tap syntax"):
+// Where a tap reads a value (docs/yaml.md, "Tap syntax"):
 //   layer4, layer4.1.conv2       the module's output (the last call)
 //   enc@1                        the output of its 2nd call (0-based)
 //   attn[1]                      element 1 of the tuple the module returns

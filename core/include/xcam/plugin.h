@@ -13,7 +13,9 @@
 // added in minor m only when the plugin's descriptor reports abi_minor >= m.
 // ABI 2.0 (from 1.x): prepare() sees whole samples (Batch::samples), Target
 // carries `explains` and a payload, and the hooks layer_aliases() and
-// perturbation_batch(). 2.1: metadata().
+// perturbation_batch(). 2.1: metadata(). 2.2: input_size(), batch_key(),
+// token_layout() (images at their own size, text-only samples, tokens laid
+// out per sample) and run_task() with the TaskHost it is given.
 #pragma once
 
 #include <torch/script.h>
@@ -27,6 +29,7 @@
 #include "xcam/error.h"
 #include "xcam/plugin_abi.h"
 #include "xcam/preprocess.h"
+#include "xcam/result.h"
 #include "xcam/target.h"
 
 namespace xcam {
@@ -58,6 +61,49 @@ struct Batch {
 // index, a class name. Plugins may accept more (a word, an answer string).
 struct TargetRequest {
   std::vector<std::vector<std::string>> per_sample;  // [sample] -> requests
+};
+
+// Where a tap's tokens lie for one sample (ArchPlugin::token_layout): the
+// rows `positions` of the tap's token dimension (dimension 1 of B x N x C,
+// in row-major grid order) make a grid_h x grid_w grid. Image tokens of a
+// VLM: the positions of the image pads in the sequence and the image's own
+// grid. Text: every word token, a 1 x T grid, with `words` its tokens as
+// text (the map is then drawn as a heat strip over the words). grid_h 0: no
+// layout (the host calls to_grid()).
+struct TokenLayout {
+  std::vector<int64_t> positions;
+  int64_t grid_h = 0, grid_w = 0;
+  std::vector<std::string> words;  // text layouts only: one per position
+};
+
+// What the host lends a plugin's dataset-level task (ArchPlugin::run_task):
+// the run's samples, forwards without taps, explanations with the run's
+// method and layers, and its outputs. Indices are into the run's samples.
+class TaskHost {
+ public:
+  virtual ~TaskHost() = default;
+  virtual size_t size() const = 0;                 // the run's samples
+  virtual const std::string& id(size_t i) const = 0;
+  // Sample i as prepare() sees it (images preprocessed at their input size).
+  virtual Sample sample(size_t i) = 0;
+  // The model's output on samples `which` (one geometry), prepared and
+  // decoded by the plugin, without taps or autograd; `batch` (optional)
+  // receives the prepared batch.
+  virtual c10::IValue forward(const std::vector<size_t>& which, Batch* batch = nullptr) = 0;
+  // Maps of samples `which` with the run's method and layers; requests[k]
+  // (optional, non-empty) replaces sample which[k]'s target requests.
+  virtual std::vector<MapResult> explain(const std::vector<size_t>& which,
+                                         const std::vector<std::vector<std::string>>& requests = {}) = 0;
+  // Writes maps as the run writes its own (overlays, heatmaps, records).
+  virtual void write_maps(const std::vector<MapResult>& maps) = 0;
+  // One titled panel `name`.png: a row of the maps' overlays, each on its
+  // sample's image, captioned by its target.
+  virtual void write_panel(const std::string& name, const std::string& title, const std::vector<MapResult>& maps) = 0;
+  // `name`.json in the run's output folder (`json` is the whole document).
+  virtual void write_json(const std::string& name, const std::string& json) = 0;
+  // A dataset-level number, reported with the run's summary and in task.json.
+  virtual void add_metric(const std::string& name, double value) = 0;
+  virtual const std::string& output_dir() const = 0;
 };
 
 class ArchPlugin {
@@ -155,6 +201,39 @@ class ArchPlugin {
   virtual std::map<std::string, std::string> metadata(const c10::IValue& output, const Batch& batch,
                                                       int64_t b) const {
     return {};
+  }
+
+  // ---- ABI 2.2 ----
+
+  // The model input size (height, width) of the named image of a sample,
+  // given its pixel size, for models that take each image at (about) its own
+  // size: a VLM rounds each side to its patch multiple within a pixel
+  // budget, so a wide and a tall image get their own grids. {0, 0}: the
+  // preprocess() size (or the user's). The host batches samples whose images
+  // share sizes (and batch_key()).
+  virtual std::array<int64_t, 2> input_size(const std::string& name, int64_t height, int64_t width) const {
+    return {0, 0};
+  }
+
+  // Samples with different keys never share a batch: a text encoder returns
+  // the token count, so that a batch's sequences have one length. The
+  // sample's id, text, requests and metadata are set; its images are not.
+  virtual std::string batch_key(const Sample& sample) const { return ""; }
+
+  // Where the tokens of a tap lie for sample b (TokenLayout), read before
+  // to_grid(): a layout with grid_h > 0 replaces to_grid() for that tap.
+  // Text-only samples (no "image") need one.
+  virtual TokenLayout token_layout(const std::string& layer, const at::Tensor& tapped, const Batch& batch,
+                                   int64_t b) const {
+    return {};
+  }
+
+  // A dataset-level task (a re-ID evaluation, a keyword analysis, a counting
+  // run): the YAML `task:` block as a JSON object, its `name` the task's.
+  // The plugin drives it through `host`. Throws xcam::Error for a task it
+  // does not know.
+  virtual void run_task(TaskHost& host, const std::string& task_json) const {
+    XCAM_THROW("this plugin has no dataset tasks; remove the `task:` block");
   }
 };
 

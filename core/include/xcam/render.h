@@ -29,6 +29,12 @@ Rendered render_overlay(const cv::Mat& rgb, const std::vector<float>& map, float
 // so the title stays readable for small images.
 cv::Mat render_panel(const cv::Mat& rgb, const Rendered& r, const std::string& title);
 
+// A map over text tokens as a heat strip (RGB): one box per word, filled
+// with the colormap's colour of its value in [0, 1], the word written in it;
+// boxes wrap onto new lines at max_width pixels. `title` (optional) above.
+cv::Mat render_token_strip(const std::vector<std::string>& words, const std::vector<float>& values, Colormap c,
+                           const std::string& title = "", int max_width = 1024);
+
 // A titled grid of RGB tiles: `tiles[r][c]` (any sizes; an empty Mat is a
 // grey tile marked "n/a"), `col_headers` above the columns, `row_labels`
 // (optional) left of the rows. Every tile is scaled to tile_h x tile_w:

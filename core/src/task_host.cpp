@@ -1,0 +1,96 @@
+// The host side of a plugin's dataset-level task (ArchPlugin::run_task): the
+// TaskHost the plugin drives, made of the Explainer (forwards, maps) and the
+// run that lends its samples and outputs (TaskRun).
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/script.h>
+
+#include "explain_impl.h"
+
+namespace xcam {
+
+class ExplainerTaskHost final : public TaskHost {
+ public:
+  ExplainerTaskHost(Explainer& ex, Explainer::Impl& m, TaskRun& run) : ex_(ex), m_(m), run_(run) {}
+
+  size_t size() const override { return run_.size(); }
+  const std::string& id(size_t i) const override { return run_.id(i); }
+  const std::string& output_dir() const override { return run_.output_dir(); }
+
+  Sample sample(size_t i) override {
+    Batch b = prepared({i});
+    return b.samples.at(0);
+  }
+
+  c10::IValue forward(const std::vector<size_t>& which, Batch* batch) override {
+    torch::NoGradGuard no_grad;
+    Batch b = prepared(which);
+    m_.plugin->prepare(m_.model.module(), b);
+    m_.plugin->decode(m_.model.module(), b);
+    auto out = m_.model.module().forward(b.inputs);
+    if (batch) *batch = std::move(b);
+    return out;
+  }
+
+  std::vector<MapResult> explain(const std::vector<size_t>& which,
+                                 const std::vector<std::vector<std::string>>& requests) override {
+    std::vector<SampleInput> in;
+    for (size_t k = 0; k < which.size(); ++k) {
+      in.push_back(run_.load(which[k]));
+      if (k < requests.size() && !requests[k].empty()) in.back().requests = requests[k];
+    }
+    return ex_.explain(in);
+  }
+
+  void write_maps(const std::vector<MapResult>& maps) override { run_.write_maps(maps); }
+  void write_panel(const std::string& name, const std::string& title, const std::vector<MapResult>& maps) override {
+    run_.write_panel(name, title, maps);
+  }
+  void write_json(const std::string& name, const std::string& json) override { run_.write_json(name, json); }
+  void add_metric(const std::string& name, double value) override { run_.add_metric(name, value); }
+
+ private:
+  // Samples `which` as prepare() takes them (not yet prepared): one
+  // geometry, every image preprocessed at its input size.
+  Batch prepared(const std::vector<size_t>& which) {
+    XCAM_CHECK(!which.empty(), "task: a forward of no samples");
+    std::vector<SampleInput> in;
+    for (size_t i : which) {
+      XCAM_CHECK(i < run_.size(), "task: sample {} of a run of {}", i, run_.size());
+      in.push_back(run_.load(i));
+    }
+    const auto groups = m_.groups_of(in);
+    XCAM_CHECK(groups.size() == 1,
+               "task: samples {} do not share one input geometry (image sizes, the plugin's batch_key); "
+               "forward them in separate calls",
+               fmt::join(which, ", "));
+    Batch b;
+    b.labels = m_.labels;
+    b.images = m_.group_images(in, groups[0]);
+    for (size_t k = 0; k < in.size(); ++k) {
+      Sample s = m_.sample_of(in[k]);
+      s.id = in[k].id;
+      if (b.images.defined()) s.images["image"] = b.images[static_cast<int64_t>(k)];
+      if (s.requests.empty()) s.requests = m_.opt.targets;
+      b.ids.push_back(s.id);
+      b.samples.push_back(std::move(s));
+    }
+    return b;
+  }
+
+  Explainer& ex_;
+  Explainer::Impl& m_;
+  TaskRun& run_;
+};
+
+void Explainer::run_task(const std::string& task_json, TaskRun& run) {
+  auto& m = *impl_;
+  XCAM_CHECK(m.plugin_minor >= 2,
+             "plugin '{}' is built for ABI 2.{} and has no dataset tasks (ABI 2.2); remove the `task:` block or "
+             "rebuild the plugin",
+             m.opt.plugin, m.plugin_minor);
+  ExplainerTaskHost host(*this, m, run);
+  host_errors([&] { m.plugin->run_task(host, task_json); });
+}
+
+}  // namespace xcam
