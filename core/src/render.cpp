@@ -83,25 +83,6 @@ int text_width(const std::string& text, double scale) {
 
 }  // namespace
 
-cv::Mat render_panel(const cv::Mat& rgb, const Rendered& r, const std::string& title) {
-  const int tile_h = std::max(224, rgb.rows);
-  const int tile_w = static_cast<int>(std::lround(static_cast<double>(rgb.cols) * tile_h / rgb.rows));
-  const int gap = 4, title_h = 34;
-  cv::Mat panel(title_h + tile_h, 3 * tile_w + 2 * gap, CV_8UC3, cv::Scalar(255, 255, 255));
-  const cv::Mat* tiles[3] = {&rgb, &r.heat, &r.overlay};
-  const char* captions[3] = {"image", "heatmap", "overlay"};
-  for (int i = 0; i < 3; ++i) {
-    cv::Mat roi = panel(cv::Rect(i * (tile_w + gap), title_h, tile_w, tile_h));
-    cv::resize(*tiles[i], roi, roi.size(), 0, 0, tiles[i] == &rgb ? cv::INTER_LINEAR : cv::INTER_NEAREST);
-    cv::putText(panel, captions[i], cv::Point(i * (tile_w + gap) + 4, title_h + tile_h - 6),
-                cv::FONT_HERSHEY_SIMPLEX, 0.45, cv::Scalar(255, 255, 255), 1, cv::LINE_AA);
-  }
-  const double scale = fit_scale(title, panel.cols - 8, 0.6, 0.3);
-  cv::putText(panel, title, cv::Point(4, title_h - 11), cv::FONT_HERSHEY_SIMPLEX, scale, cv::Scalar(0, 0, 0), 1,
-              cv::LINE_AA);
-  return panel;
-}
-
 cv::Mat render_token_strip(const std::vector<std::string>& words, const std::vector<float>& values, Colormap c,
                            const std::string& title, int max_width) {
   XCAM_CHECK(words.size() == values.size() && !words.empty(), "token strip: {} words and {} values", words.size(),
@@ -139,6 +120,24 @@ cv::Mat render_token_strip(const std::vector<std::string>& words, const std::vec
     cv::putText(strip, title, cv::Point(4, title_h - 10), cv::FONT_HERSHEY_SIMPLEX,
                 fit_scale(title, strip.cols - 8, 0.5, 0.3), cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
   return strip;
+}
+
+cv::Mat render_stack(const std::string& title, const std::vector<cv::Mat>& parts) {
+  const int title_h = 30, gap = 4;
+  int width = text_width(title, 0.5) + 8, height = title_h;
+  for (const auto& p : parts) {
+    width = std::max(width, p.cols);
+    height += p.rows + gap;
+  }
+  cv::Mat out(height, width, CV_8UC3, cv::Scalar(255, 255, 255));
+  int y = title_h;
+  for (const auto& p : parts) {
+    p.copyTo(out(cv::Rect(0, y, p.cols, p.rows)));
+    y += p.rows + gap;
+  }
+  cv::putText(out, title, cv::Point(4, title_h - 10), cv::FONT_HERSHEY_SIMPLEX, 0.5, cv::Scalar(0, 0, 0), 1,
+              cv::LINE_AA);
+  return out;
 }
 
 cv::Mat render_grid(const std::string& title, const std::vector<std::string>& col_headers,

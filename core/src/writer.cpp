@@ -374,8 +374,16 @@ struct Writer {
   }
 
   // One map's outputs and its record.
+  // One sample's panel, filled map by map: a row per map (image | heatmap |
+  // overlay, labelled with its target), or a titled strip per map for text.
+  struct Panel {
+    std::vector<std::vector<cv::Mat>> rows;
+    std::vector<std::string> labels;
+    std::vector<cv::Mat> strips;
+  };
+
   ItemRecord write_map(const Item& item, const MapResult& m, const std::string& stem, const Faithfulness* f,
-                       const StageTimes& t, double n) const {
+                       const StageTimes& t, double n, Panel& panel) const {
     ItemRecord r;
     r.image = item.path.empty() ? "" : fs::path(item.path).filename().string();
     r.id = item.id;
@@ -401,6 +409,8 @@ struct Writer {
     r.on = m.on;
     if (m.on == "text") {
       write_text_map(m, stem, r);
+      if (out.save_panel)
+        panel.strips.push_back(render_token_strip(m.words, m.map, cmap, fmt::format("{} p={:.3f}", m.target_label, m.score)));
       return r;
     }
     const auto other = item.others.find(m.on);
@@ -422,11 +432,9 @@ struct Writer {
         r.outputs.push_back(stem + ".png");
       }
       if (out.save_panel) {
-        const std::string title = fmt::format("{}{} | {} @ {} | {} p={:.3f}", r.image,
-                                              m.on == "image" ? "" : " (" + m.on + ")", r.method, layers,
-                                              m.target_label, m.score);
-        write_png((dir / (stem + "_panel.png")).string(), render_panel(rgb, rendered, title));
-        r.outputs.push_back(stem + "_panel.png");
+        panel.rows.push_back({rgb, rendered.heat, rendered.overlay});
+        panel.labels.push_back(fmt::format("{}{} p={:.3f}", m.target_label, m.on == "image" ? "" : " (" + m.on + ")",
+                                           m.score));
       }
     }
     if (boxes && m.on == "image") {
@@ -462,11 +470,20 @@ struct Writer {
       write_png((dir / (stem + ".png")).string(), render_token_strip(m.words, m.map, cmap));
       r.outputs.push_back(stem + ".png");
     }
-    if (out.save_panel) {
-      const auto title = fmt::format("{} | {} @ {} | {} p={:.3f}", r.id, r.method, layers, m.target_label, m.score);
-      write_png((dir / (stem + "_panel.png")).string(), render_token_strip(m.words, m.map, cmap, title));
-      r.outputs.push_back(stem + "_panel.png");
-    }
+  }
+
+  // The sample's panel, all its targets in one picture: <id>_panel.png
+  // (its name; empty when panels are off or it has no map).
+  std::string write_panel(const Item& item, const Panel& panel) const {
+    if (!out.save_panel || (panel.rows.empty() && panel.strips.empty())) return "";
+    const std::string shown = item.path.empty() ? item.id : fs::path(item.path).filename().string();
+    const std::string name = item.id + "_panel.png",
+                      title = fmt::format("{} | {} @ {}", shown, method_label(ex.options()), layers);
+    const cv::Mat picture = panel.rows.empty()
+                                ? render_stack(title, panel.strips)
+                                : render_grid(title, {"image", "heatmap", "overlay"}, panel.labels, panel.rows, 224);
+    write_png((fs::path(out.dir) / name).string(), picture);
+    return name;
   }
 
   // Writes the outputs of one explained item, then its record file (last,
@@ -483,7 +500,11 @@ struct Writer {
           mine_f.push_back(faith.empty() ? nullptr : &faith[mi]);
         }
       const auto stems = output_stems(item.id, mine);
-      for (size_t k = 0; k < mine.size(); ++k) item_records.push_back(write_map(item, *mine[k], stems[k], mine_f[k], t, n));
+      Panel panel;
+      for (size_t k = 0; k < mine.size(); ++k)
+        item_records.push_back(write_map(item, *mine[k], stems[k], mine_f[k], t, n, panel));
+      if (const auto name = write_panel(item, panel); !name.empty())
+        for (auto& r : item_records) r.outputs.push_back(name);
       json rs = json::array();
       for (const auto& r : item_records) rs.push_back(to_json(r));
       const json j{{"input", item.path}, {"digest", item.digest}, {"records", rs}};

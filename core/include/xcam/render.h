@@ -25,15 +25,14 @@ struct Rendered {
 // `map` at the image's size; image_weight is a in SPEC section 4.
 Rendered render_overlay(const cv::Mat& rgb, const std::vector<float>& map, float image_weight, Colormap c);
 
-// original | heatmap | overlay under a title line, tiles at least 224 px high
-// so the title stays readable for small images.
-cv::Mat render_panel(const cv::Mat& rgb, const Rendered& r, const std::string& title);
-
 // A map over text tokens as a heat strip (RGB): one box per word, filled
 // with the colormap's colour of its value in [0, 1], the word written in it;
 // boxes wrap onto new lines at max_width pixels. `title` (optional) above.
 cv::Mat render_token_strip(const std::vector<std::string>& words, const std::vector<float>& values, Colormap c,
                            const std::string& title = "", int max_width = 1024);
+
+// RGB pictures one under the other, left-aligned on white, under a title line.
+cv::Mat render_stack(const std::string& title, const std::vector<cv::Mat>& parts);
 
 // A titled grid of RGB tiles: `tiles[r][c]` (any sizes; an empty Mat is a
 // grey tile marked "n/a"), `col_headers` above the columns, `row_labels`
