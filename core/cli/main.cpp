@@ -338,7 +338,8 @@ struct LayersCommand {
   CLI::App* cmd = nullptr;
   std::string layers_model;
   std::vector<int64_t> layers_size{224, 224};
-  std::string layers_ops;
+  std::string layers_ops, layers_text;
+  bool layers_text_only = false;
   Common layers_common;
 
   void add(CLI::App& app) {
@@ -349,6 +350,8 @@ struct LayersCommand {
                        "Feed the model through this plugin's prepare() (models with other inputs than one image)");
     cmd->add_option("--plugin-dir", layers_common.plugin_dirs, "Directory searched for plugins");
     cmd->add_option("--plugin-options", layers_common.plugin_options, "Plugin options as a JSON object");
+    cmd->add_option("--text", layers_text, "With --plugin: the probe sample's text (a prompt, a sentence)");
+    cmd->add_flag("--text-only", layers_text_only, "With --plugin: the probe sample is text alone, no image");
     cmd->add_option("--ops", layers_ops,
                        "List the ops inside this module's forward instead (tappable as MODULE/OP, MODULE/OP#J)");
     cmd->footer("Tap syntax (--layer, layers:): PATH, PATH@CALL, PATH[ELEMENT] (tuple outputs), PATH:in / :inK\n"
@@ -364,7 +367,11 @@ struct LayersCommand {
       probe.plugin_dirs = layers_common.plugin_dirs;
       probe.plugin_options = layers_common.plugin_options;
       if (cmd->count("--size") == 0) probe.height = probe.width = 0;  // the plugin's size
+      probe.text = layers_text;
+      probe.text_only = layers_text_only;
     }
+    XCAM_CHECK(probe.plugin.empty() ? layers_text.empty() && !layers_text_only : !layers_text_only || !layers_text.empty(),
+               "--text and --text-only feed the model through a plugin: give --plugin, and --text with --text-only");
     const auto list = layers_ops.empty() ? xcam::list_layers(layers_model, probe)
                                          : xcam::list_ops(layers_model, layers_ops, probe);
     size_t w = 4, tw = 4;
@@ -374,7 +381,8 @@ struct LayersCommand {
     }
     const std::string fed = probe.plugin.empty()
                                 ? fmt::format("output (1 x 3 x {} x {})", probe.height, probe.width)
-                                : "output (input from plugin " + probe.plugin + ")";
+                                : "output (input from plugin " + probe.plugin +
+                                      (probe.text_only ? ", text only" : "") + ")";
     std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", "path", w, "type", tw, "calls", fed);
     for (const auto& l : list)
       std::cout << fmt::format("{:<{}}  {:<{}}  {:>5}  {}\n", l.path, w, l.type, tw, l.calls, l.shape);

@@ -625,9 +625,12 @@ std::vector<c10::IValue> probe_inputs(Model& model, const ProbeInput& in) {
     if (in.height > 0) pre.height = in.height;
     if (in.width > 0) pre.width = in.width;
     Batch b;
-    b.images = torch::randn({1, 3, pre.height, pre.width});
     b.ids = {"probe"};
-    b.samples = {Sample{"probe", {{"image", b.images[0]}}, "", {}, {}}};
+    b.samples = {Sample{"probe", {}, in.text, {}, {}}};
+    if (!in.text_only) {
+      b.images = torch::randn({1, 3, pre.height, pre.width});
+      b.samples[0].images["image"] = b.images[0];
+    }
     plugin->prepare(model.module(), b);
     return b.inputs;
   } catch (const c10::Error&) {

@@ -342,3 +342,24 @@ TEST(ImagePromptDecoder, OwnSizeCropsPasteBack) {
 }
 
 }  // namespace
+
+namespace {
+
+// `xcam layers` feeds a text model through its plugin, a sentence and no image.
+TEST(TextOnly, LayersListsTheTextModel) {
+  const std::string base = xcam::test::xcam_cmd() + "layers " + zoo("textcls_scripted.pt") + " --plugin " +
+                           plugin("text") + " --plugin-options '{\"vocab\": \"" + zoo("textcls_vocab.txt") + "\"}'";
+  const auto r = xcam::test::run_command(base + " --text 'the movie was great' --text-only");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("(input from plugin"), std::string::npos) << r.output;
+  // <cls> and four words: 1 x 5 x 32 out of the block.
+  const auto row = r.output.find("\nblocks.0 ");
+  ASSERT_NE(row, std::string::npos) << r.output;
+  EXPECT_NE(r.output.substr(row, r.output.find('\n', row + 1) - row).find("[1, 5, 32]"), std::string::npos)
+      << r.output;
+  // Without the text, the plugin says what it misses.
+  xcam::test::expect_one_line_error(xcam::test::run_command(base + " --text-only"),
+                                    "give --plugin, and --text with --text-only");
+}
+
+}  // namespace

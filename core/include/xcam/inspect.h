@@ -23,6 +23,8 @@ struct ProbeInput {
   std::string plugin;  // empty: no plugin
   std::vector<std::string> plugin_dirs;
   std::string plugin_options = "{}";
+  std::string text;        // with a plugin: the probe sample's text (a prompt, a sentence)
+  bool text_only = false;  // with a plugin: the probe sample has text and no image (a text encoder)
 };
 
 // Every submodule of the TorchScript model with its output shape for the
