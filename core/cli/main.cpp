@@ -150,6 +150,7 @@ struct ExplainCommand {
   bool panel = false;
   std::string target = "top1";
   std::string manifest;
+  int io_threads = 2;
 
   void add(CLI::App& app) {
     cmd = app.add_subcommand("explain", "Explain images with one model, method and target")
@@ -174,6 +175,9 @@ struct ExplainCommand {
     cmd->add_option("--colormap", out.colormap, "jet, viridis, turbo, inferno or gray")->capture_default_str();
     cmd->add_option("--alpha", out.alpha, "Image weight of the overlay")->capture_default_str();
     cmd->add_flag("--panel", panel, "Also write titled panels");
+    cmd->add_option("--io-threads", io_threads,
+                    "Threads that read images ahead and write outputs while the next batch computes (0: none)")
+        ->capture_default_str();
     cmd->add_option("--boxes", boxes_file, "Ground-truth boxes (JSON) for the pointing game");
     cmd->add_option("--manifest", manifest,
                         "Samples as JSON Lines: image (or text alone), and optionally id, images (other named "
@@ -194,9 +198,12 @@ struct ExplainCommand {
     XCAM_CHECK(manifest.empty() || images.empty(), "explain takes images or --manifest, not both");
     XCAM_CHECK(!manifest.empty() || !images.empty(), "explain needs images (files) or --manifest FILE.jsonl");
     const auto samples = manifest.empty() ? xcam::samples_of(images) : xcam::read_manifest(manifest);
+    xcam::RunOptions run_opt;
+    run_opt.io_threads = io_threads;
     xcam::explain_and_write(ex, samples, std::max(1, batch), eo.targets, boxes_file.empty() ? nullptr : &boxes, out,
-                            records, summary, {}, "explain");
+                            records, summary, run_opt, "explain");
     xcam::write_results(out.dir, records);
+    xcam::write_summary(out.dir, summary, fe.common.threads, io_threads);
     xcam::print_summary(summary);
     return summary.failed > 0 ? 1 : 0;
   }
@@ -205,16 +212,21 @@ struct ExplainCommand {
 struct RunCommand {
   CLI::App* cmd = nullptr;
   std::string config;
+  int io_threads = 2;
   xcam::RunOptions run_opt;
 
   void add(CLI::App& app) {
     cmd = app.add_subcommand("run", "Run a YAML experiment (resumes; --force redoes)");
     cmd->add_option("config", config, "Experiment YAML")->required();
     cmd->add_flag("--force", run_opt.force, "Redo items that are already finished");
+    cmd->add_option("--io-threads", io_threads,
+                    "Threads that read images ahead and write outputs while the next batch computes (0: none; "
+                    "default: the YAML's io_threads, else 2)");
   }
 
   int run() {
-    const auto cfg = xcam::load_experiment(config);
+    auto cfg = xcam::load_experiment(config);
+    if (cmd->count("--io-threads") > 0) cfg.io_threads = io_threads;
     std::cout << fmt::format("experiment '{}': {} samples, methods {}, {} layer set(s), outputs in {}\n", cfg.name,
                              cfg.samples.empty() ? cfg.images.size() : cfg.samples.size(), fmt::join(cfg.methods, ", "), cfg.layer_sets.size(),
                              cfg.outputs.dir);
@@ -422,10 +434,16 @@ struct BenchCommand {
   bool as_json = false;
   bool no_optimize = false;
   bool no_winograd = false;
+  std::string e2e_config;
+  int io_threads = 2;
 
   void add(CLI::App& app) {
     cmd = app.add_subcommand("bench", "Time forward-only vs explanation (medians over repeats)");
-    cmd->add_option("--model", bo.model, "TorchScript model file")->required();
+    cmd->add_option("--model", bo.model, "TorchScript model file (required without --e2e)");
+    cmd->add_option("--e2e", e2e_config,
+                    "End to end: run this experiment YAML with its outputs and with outputs off, --repeats times "
+                    "each (forced, warmed up), and print maps/s of both and their ratio");
+    cmd->add_option("--io-threads", io_threads, "--e2e: writer threads (default: the YAML's io_threads)");
     add_common(cmd, cb);
     one_each(cmd->add_option("--layer", bo.layers, "Layer to tap (repeat for several)"));
     cmd->add_option("--method", bo.method, "Method")->capture_default_str();
@@ -444,7 +462,54 @@ struct BenchCommand {
     cmd->add_flag("--json", as_json, "Print one JSON object on the last line");
   }
 
+  // Median maps/s of `repeats` runs of `cfg` (forced, warmed up), in a
+  // folder of its own under the experiment's output folder.
+  double e2e_rate(xcam::ExperimentConfig cfg, const std::string& sub, size_t* maps) const {
+    cfg.outputs.dir = (std::filesystem::path(cfg.outputs.dir) / "bench-e2e" / sub).string();
+    xcam::RunOptions ro;
+    ro.force = true;
+    ro.progress = false;
+    ro.warmup = true;
+    std::vector<double> rates;
+    for (int i = 0; i < std::max(1, repeats); ++i) {
+      const auto s = xcam::run_experiment(cfg, ro);
+      XCAM_CHECK(s.failed == 0, "bench --e2e: {} sample(s) failed in '{}'; fix the experiment first", s.failed,
+                 cfg.file);
+      rates.push_back(s.maps_per_second());
+      *maps = s.maps;
+    }
+    return median(rates);
+  }
+
+  int run_e2e() {
+    auto cfg = xcam::load_experiment(e2e_config);
+    XCAM_CHECK(!cfg.compare && cfg.task.empty(), "bench --e2e times plain experiments; '{}' is a comparison or a task",
+               e2e_config);
+    if (cmd->count("--threads") > 0) cfg.threads = cb.threads;
+    if (cmd->count("--io-threads") > 0) cfg.io_threads = io_threads;
+    auto off = cfg;
+    off.outputs.save_map = off.outputs.save_overlay = off.outputs.save_panel = false;
+    size_t maps = 0;
+    const double rate_off = e2e_rate(off, "outputs-off", &maps);
+    const double rate_on = e2e_rate(cfg, "outputs-on", &maps);
+    std::vector<std::string> saved;
+    if (cfg.outputs.save_map) saved.push_back("map");
+    if (cfg.outputs.save_overlay) saved.push_back("overlay");
+    if (cfg.outputs.save_panel) saved.push_back("panel");
+    std::cout << fmt::format("experiment {}: {} maps a run, threads {}, io_threads {}, median of {}\n", cfg.name,
+                             maps, cfg.threads, cfg.io_threads, std::max(1, repeats));
+    std::cout << fmt::format("explanation only (outputs off) {:9.1f} maps/s\n", rate_off);
+    std::cout << fmt::format("end to end ({:<14}) {:9.1f} maps/s   ratio {:.3f}\n", fmt::format("{}", fmt::join(saved, ", ")), rate_on,
+                             rate_on / rate_off);
+    std::cout << fmt::format("{{\"maps\": {}, \"explain_maps_per_s\": {:.3f}, \"e2e_maps_per_s\": {:.3f}, "
+                             "\"ratio\": {:.4f}, \"threads\": {}, \"io_threads\": {}}}\n",
+                             maps, rate_off, rate_on, rate_on / rate_off, cfg.threads, cfg.io_threads);
+    return 0;
+  }
+
   int run() {
+    if (!e2e_config.empty()) return run_e2e();
+    XCAM_CHECK(!bo.model.empty(), "bench needs --model FILE (or --e2e CONFIG)");
     xcam::set_threads(cb.threads);
     bo.optimize = !no_optimize;
     bo.winograd = !no_winograd;

@@ -241,6 +241,10 @@ void load_inputs(const Yaml& y, const YAML::Node& root, const std::string& base,
     if (c.batch_size < 1) y.fail(root["batch_size"], "key 'batch_size' must be at least 1");
   }
   if (root["threads"]) c.threads = y.as<int>(root["threads"], "threads", "an integer (0: all cores)");
+  if (root["io_threads"]) {
+    c.io_threads = y.as<int>(root["io_threads"], "io_threads", "an integer (0: no pipeline)");
+    if (c.io_threads < 0 || c.io_threads > 64) y.fail(root["io_threads"], "key 'io_threads' must be in [0, 64]");
+  }
 
 }
 
@@ -248,7 +252,11 @@ void load_inputs(const Yaml& y, const YAML::Node& root, const std::string& base,
 void load_outputs(const Yaml& y, const YAML::Node& root, const std::string& base, ExperimentConfig& c) {
   c.outputs.dir = resolve(base, "../out/" + c.name);
   if (const auto& o = root["outputs"]) {
-    y.only_keys(o, "outputs", {"dir", "save", "colormap", "alpha"});
+    y.only_keys(o, "outputs", {"dir", "save", "colormap", "alpha", "png_level"});
+    if (o["png_level"]) {
+      c.outputs.png_level = y.as<int>(o["png_level"], "png_level", "an integer: -1 (fast) or 0..9");
+      if (c.outputs.png_level < -1 || c.outputs.png_level > 9) y.fail(o["png_level"], "key 'png_level' must be -1 or 0..9");
+    }
     if (o["dir"]) c.outputs.dir = resolve(base, y.as<std::string>(o["dir"], "dir", "a directory path"));
     if (o["save"]) {
       c.outputs.save_map = c.outputs.save_overlay = c.outputs.save_panel = false;
@@ -324,7 +332,7 @@ ExperimentConfig load_experiment(const std::string& path) {
   if (!root.IsMap()) y.fail(root, "an experiment is a mapping with at least model, layers and inputs");
   y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
                                        "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
-                                       "threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "winograd",
+                                       "threads", "io_threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "winograd",
                                        "attention", "crops", "outputs", "compare", "task"});
   const std::string base = fs::path(path).parent_path().string();
   ExperimentConfig c;
@@ -454,6 +462,7 @@ RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {
   set_threads(cfg.threads);
   std::vector<ItemRecord>& records = summary.records;
   RunOptions run_opt = opt;
+  run_opt.io_threads = cfg.io_threads;
   run_opt.warmup = opt.warmup || cfg.compare.has_value();  // comparable times per map
   for (const auto& method : cfg.methods) {
     for (const auto& layer_set : cfg.layer_sets) {
@@ -481,6 +490,7 @@ RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {
     }
   }
   write_results(cfg.outputs.dir, records);
+  write_summary(cfg.outputs.dir, summary, cfg.threads, cfg.io_threads);
   if (cfg.compare) {
     write_comparison(cfg.outputs.dir, compare_rows(records, cfg.compare->sort_by), cfg.compare->sort_by);
     if (cfg.compare->grid) write_grids(cfg.outputs.dir, records, cfg.images, cfg.outputs);
@@ -498,6 +508,8 @@ void print_summary(const RunSummary& s, bool pointing) {
       std::cout << fmt::format("  {:<12} {:>3} / {:<3} = {:.3f}\n", cls, c.first, c.first + c.second,
                                static_cast<double>(c.first) / (c.first + c.second));
   }
+  if (s.maps > 0)
+    std::cout << fmt::format("{} maps in {:.2f} s: {:.1f} maps/s\n", s.maps, s.seconds, s.maps_per_second());
   for (const auto& [name, value] : s.metrics) std::cout << fmt::format("{}: {:.6g}\n", name, value);
   for (const auto& f : s.failures) std::cout << "failed: " << f << "\n";
 }

@@ -208,11 +208,14 @@ cv::Mat render_grid(const std::string& title, const std::vector<std::string>& co
   return grid;
 }
 
-void write_png(const std::string& path, const cv::Mat& rgb) {
+void write_png(const std::string& path, const cv::Mat& rgb, int level) {
+  XCAM_CHECK(level >= -1 && level <= 9, "PNG compression level must be -1 (fast) or 0..9, got {}", level);
   cv::Mat bgr;
   cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
   std::vector<uint8_t> buf;
-  XCAM_CHECK(cv::imencode(".png", bgr, buf), "PNG encoding failed for '{}'", path);
+  std::vector<int> params;
+  if (level >= 0) params = {cv::IMWRITE_PNG_COMPRESSION, level};
+  XCAM_CHECK(cv::imencode(".png", bgr, buf, params), "PNG encoding failed for '{}'", path);
   write_file_atomic(path, std::string(buf.begin(), buf.end()));
 }
 

@@ -182,9 +182,9 @@ TEST(Cli, ExplainWritesDocumentedNames) {
   for (const char* f : {"val_000_circle.npy", "val_000_circle.png", "val_000_panel.png", "val_000_square.npy",
                         "val_000_square.png"})
     EXPECT_TRUE(fs::exists(tmp / (std::string("o/") + f))) << f << "\n" << r.output;
-  // One panel for the sample, a row per target: 30 (title) + 22 (headers) + 2 x (224 + 4) pixels high.
+  // One panel for the sample, a row per target: 30 (title) + 22 (headers) + 2 x (128 + 4) pixels high.
   const auto panel = xcam::load_rgb(tmp / "o/val_000_panel.png");
-  EXPECT_EQ(panel.rows, 30 + 22 + 2 * (224 + 4));
+  EXPECT_EQ(panel.rows, 30 + 22 + 2 * (128 + 4));
   EXPECT_FALSE(fs::exists(tmp / "o/val_000_circle_panel.png"));
   // results.json / results.csv, as the help says: a row per map.
   std::ifstream in(tmp / "o/results.json");

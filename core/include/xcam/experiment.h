@@ -20,6 +20,7 @@ struct OutputOptions {
   bool save_panel = false;   // <stem>_<target>_panel.png
   std::string colormap = "jet";
   float alpha = 0.5f;        // image weight of the overlay
+  int png_level = -1;        // PNG compression: -1 fast (default), 0..9 zlib level (write_png)
   // When set, every map is also scored with the faithfulness metrics
   // (deletion, insertion, average drop, increase in confidence).
   std::optional<FaithfulnessOptions> faithfulness;
@@ -65,6 +66,7 @@ struct ExperimentConfig {
   std::string boxes;                        // optional ground-truth boxes (JSON)
   int batch_size = 8;
   int threads = 0;
+  int io_threads = 2;  // RunOptions::io_threads
   OutputOptions outputs;
   std::optional<CompareOptions> compare;    // set: the run is a method comparison
   // YAML `task:` as a JSON object (empty: none): the plugin's dataset-level
@@ -115,6 +117,11 @@ struct RunOptions {
   // Explain the first batch once, untimed, before the timed calls, so the
   // times do not include one-off set-up (on for comparisons).
   bool warmup = false;
+  // Threads that read the next batch's images and write finished items
+  // (overlays, panels, maps, records) while a batch computes; 0: all on the
+  // calling thread, one step after the other. Outputs and records are the
+  // same either way, in the same order.
+  int io_threads = 2;
 };
 
 struct RunSummary {
@@ -126,6 +133,9 @@ struct RunSummary {
   // outputs relative to the experiment's output directory.
   std::vector<ItemRecord> records;
   std::map<std::string, double> metrics;  // a plugin task's dataset-level numbers
+  size_t maps = 0;       // maps written by this run (not resumed)
+  double seconds = 0;    // wall time of the explain-and-write loops
+  double maps_per_second() const { return seconds > 0 ? double(maps) / seconds : 0; }
 };
 
 // Runs every method x layer set over the inputs; writes outputs, per-item
@@ -150,6 +160,10 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
 void run_task_and_write(Explainer& ex, const std::string& task_json, const std::vector<SampleSpec>& samples,
                         const std::vector<std::string>& targets, const OutputOptions& out,
                         std::vector<ItemRecord>& records, RunSummary& summary);
+
+// summary.json in `dir`: the counts, the maps this run wrote, its seconds
+// and maps per second, and the thread counts it ran with.
+void write_summary(const std::string& dir, const RunSummary& s, int threads, int io_threads);
 
 // results.json and results.csv in `dir`: one row per record (map).
 void write_results(const std::string& dir, const std::vector<ItemRecord>& records);

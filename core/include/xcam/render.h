@@ -47,6 +47,9 @@ cv::Mat render_grid(const std::string& title, const std::vector<std::string>& co
                     int min_tile = 128);
 
 // Writes an RGB image as PNG, atomically. Throws xcam::Error naming the file.
-void write_png(const std::string& path, const cv::Mat& rgb);
+// level -1: OpenCV's fast default (zlib level 1, the Sub filter on every
+// row); 0..9: that zlib level with adaptive filters, smaller files for more
+// time (docs/results.md measures the trade-off).
+void write_png(const std::string& path, const cv::Mat& rgb, int level = -1);
 
 }  // namespace xcam
