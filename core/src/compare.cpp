@@ -11,6 +11,7 @@
 #include <iostream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "xcam/error.h"
 #include "xcam/image.h"
@@ -234,23 +235,30 @@ void write_comparison(const std::string& dir, const std::vector<CompareRow>& row
 }
 
 std::vector<std::string> write_grids(const std::string& dir, const std::vector<ItemRecord>& records,
-                                     const std::vector<std::string>& images, const OutputOptions& out) {
+                                     const std::vector<SampleSpec>& samples, const OutputOptions& out) {
   const Colormap cmap = parse_colormap(out.colormap);
   std::vector<std::string> methods, layer_sets;
-  std::vector<std::pair<std::string, std::string>> items;  // (image, target), in order of first appearance
-  std::map<std::pair<std::string, std::string>, std::map<std::pair<std::string, std::string>, const ItemRecord*>>
-      cells;  // (image, target) -> (layers, method) -> record
+  // One grid per sample, image it is drawn on and target: (id, on, target), in order of first appearance.
+  using Key = std::tuple<std::string, std::string, std::string>;
+  std::vector<Key> items;
+  std::map<Key, std::map<std::pair<std::string, std::string>, const ItemRecord*>> cells;  // -> (layers, method)
   auto add_once = [](auto& v, const auto& x) {
     if (std::find(v.begin(), v.end(), x) == v.end()) v.push_back(x);
   };
   for (const auto& r : records) {
+    if (r.on == "text") continue;  // maps over words: no image to lay them on
     add_once(methods, r.method);
     add_once(layer_sets, r.layers);
-    add_once(items, std::make_pair(r.image, r.target));
-    cells[{r.image, r.target}][{r.layers, r.method}] = &r;
+    add_once(items, Key{r.id, r.on, r.target});
+    cells[{r.id, r.on, r.target}][{r.layers, r.method}] = &r;
   }
-  std::map<std::string, std::string> path_of;
-  for (const auto& p : images) path_of.emplace(fs::path(p).filename().string(), p);
+  // The picture each grid's maps are drawn on: the sample's image, or its other named image.
+  std::map<std::pair<std::string, std::string>, std::string> path_of;
+  const auto ids = sample_ids(samples);
+  for (size_t i = 0; i < samples.size(); ++i) {
+    path_of[{ids[i], "image"}] = samples[i].image;
+    for (const auto& [name, p] : samples[i].images) path_of[{ids[i], name}] = p;
+  }
 
   std::vector<std::string> written;
   if (items.empty()) return written;
@@ -259,15 +267,17 @@ std::vector<std::string> write_grids(const std::string& dir, const std::vector<I
   fs::create_directories(grid_dir, ec);
   XCAM_CHECK(!ec, "cannot create the grid directory '{}': {}", grid_dir.string(), ec.message());
 
-  std::string loaded_name;
+  std::string loaded_path;
   cv::Mat rgb;
-  for (const auto& [image, target] : items) {
-    if (image != loaded_name) {
-      loaded_name = image;
-      const auto it = path_of.find(image);
-      rgb = it != path_of.end() ? load_rgb(it->second) : cv::Mat();
+  for (const auto& [id, on, target] : items) {
+    const auto where = path_of.find({id, on});
+    const std::string path = where != path_of.end() ? where->second : "";
+    if (path != loaded_path) {
+      loaded_path = path;
+      rgb = path.empty() ? cv::Mat() : load_rgb(path);
     }
-    const auto& here = cells.at({image, target});
+    const std::string image = path.empty() ? id : fs::path(path).filename().string();
+    const auto& here = cells.at({id, on, target});
     std::vector<std::vector<cv::Mat>> tiles;
     double score = 0;
     bool have_score = false;
@@ -281,7 +291,7 @@ std::vector<std::string> write_grids(const std::string& dir, const std::vector<I
           if (!have_score) score = r.score, have_score = true;
           std::string overlay, npy;
           for (const auto& o : r.outputs) {
-            if (ends_with(o, ".png") && !ends_with(o, "_panel.png")) overlay = o;
+            if (ends_with(o, ".png") && !ends_with(o, "_panel.png")) overlay = o;  // not the sample's panel
             if (ends_with(o, ".npy")) npy = o;
           }
           try {
@@ -299,10 +309,11 @@ std::vector<std::string> write_grids(const std::string& dir, const std::vector<I
     headers.insert(headers.end(), methods.begin(), methods.end());
     const std::string title = have_score ? fmt::format("{} | target {} | p={:.3f}", image, target, score)
                                          : fmt::format("{} | target {}", image, target);
-    const std::string path =
-        (grid_dir / (fs::path(image).stem().string() + "_" + safe_name(target) + ".png")).string();
-    write_png(path, render_grid(title, headers, layer_sets, tiles));
-    written.push_back(path);
+    // Named as the maps are: <id>_<target>, <id>_<name>_<target> on another named image.
+    const std::string file =
+        (grid_dir / (id + "_" + (on == "image" ? "" : safe_name(on) + "_") + safe_name(target) + ".png")).string();
+    write_png(file, render_grid(title, headers, layer_sets, tiles));
+    written.push_back(file);
   }
   return written;
 }

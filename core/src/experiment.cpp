@@ -493,7 +493,8 @@ RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {
   write_summary(cfg.outputs.dir, summary, cfg.threads, cfg.io_threads);
   if (cfg.compare) {
     write_comparison(cfg.outputs.dir, compare_rows(records, cfg.compare->sort_by), cfg.compare->sort_by);
-    if (cfg.compare->grid) write_grids(cfg.outputs.dir, records, cfg.images, cfg.outputs);
+    if (cfg.compare->grid)
+      write_grids(cfg.outputs.dir, records, cfg.samples.empty() ? samples_of(cfg.images) : cfg.samples, cfg.outputs);
   }
   return summary;
 }

@@ -240,8 +240,8 @@ std::vector<std::string> input_ids(const std::vector<std::string>& images) {
   return ids;
 }
 
-// The samples' ids: a manifest's own, else unique ones from the image paths
-// (input_ids), "text<k>" for the k-th sample when it is text only.
+}  // namespace
+
 std::vector<std::string> sample_ids(const std::vector<SampleSpec>& samples) {
   std::vector<std::string> images;
   for (const auto& sp : samples) images.push_back(sp.image);
@@ -259,6 +259,8 @@ std::vector<std::string> sample_ids(const std::vector<SampleSpec>& samples) {
   }
   return ids;
 }
+
+namespace {
 
 // Output stems of one input's maps: <id>_<label>, and <id>_<label>_r<rank>
 // where two targets of the input share a label (a repeated word, `top1,0,0`).

@@ -300,3 +300,28 @@ TEST(Compare, FlagFormWithoutYaml) {
 }
 
 }  // namespace
+
+namespace {
+
+// Two inputs with one file name from different folders: each gets its own
+// grid, named by its sample id as its maps are, drawn on its own image.
+TEST(Compare, GridsOfInputsSharingAStemStayApart) {
+  TempDir tmp("compare-stems");
+  fs::create_directories(tmp / "a");
+  fs::create_directories(tmp / "b");
+  fs::copy_file(source("zoo/data/shapes/val_000.png"), tmp / "a/x.png");
+  fs::copy_file(source("zoo/data/shapes/val_001.png"), tmp / "b/x.png");
+  const auto r = run_command(xcam_cmd() + "compare --model " + source("zoo/models/shapes_cnn_traced.pt") +
+                             " --plugin-dir " + xcam::test::binary("plugins") + " --size 128 128 --threads 2 "
+                             "--methods gradcam --layer block4 --target 0 --steps 4 --out " + (tmp / "o") + " " +
+                             (tmp / "a/x.png") + " " + (tmp / "b/x.png"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const cv::Mat a = cv::imread(tmp / "o/grid/a_x_0.png", cv::IMREAD_COLOR);
+  const cv::Mat b = cv::imread(tmp / "o/grid/b_x_0.png", cv::IMREAD_COLOR);
+  ASSERT_FALSE(a.empty()) << r.output;
+  ASSERT_FALSE(b.empty()) << r.output;
+  EXPECT_GT(cv::norm(a, b, cv::NORM_INF), 0);  // two images, two grids
+  EXPECT_FALSE(fs::exists(tmp / "o/grid/x_0.png"));
+}
+
+}  // namespace

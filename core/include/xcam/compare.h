@@ -54,9 +54,11 @@ void write_comparison(const std::string& dir, const std::vector<CompareRow>& row
 // and its score; the image, then one overlay per method (columns, in order of
 // first appearance), one row per layer set. Tiles come from each record's
 // overlay PNG, or its .npy map rendered with `out`'s colormap and alpha.
-// `images` are the full input paths (records name the file only). Returns
-// the paths written.
+// `samples` are the run's (records name their sample by id); a grid per
+// sample, named image its maps are drawn on, and target, named as the maps
+// are (grid/<id>_<target>.png, grid/<id>_<name>_<target>.png); maps over
+// text get none. Returns the paths written.
 std::vector<std::string> write_grids(const std::string& dir, const std::vector<ItemRecord>& records,
-                                     const std::vector<std::string>& images, const OutputOptions& out);
+                                     const std::vector<SampleSpec>& samples, const OutputOptions& out);
 
 }  // namespace xcam

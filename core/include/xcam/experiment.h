@@ -51,6 +51,12 @@ struct SampleSpec {
 // xcam::Error naming the file, the line and what is wrong.
 std::vector<SampleSpec> read_manifest(const std::string& path);
 
+// The samples' ids, which their output names start with: a manifest's own,
+// else the image's stem, or, for stems several inputs share, the stem after
+// as many parent folders as tell them apart; "text<k>" for the k-th sample
+// when it is text only; a later id that meets an earlier one gets "-2", ...
+std::vector<std::string> sample_ids(const std::vector<SampleSpec>& samples);
+
 // Plain image paths as samples.
 std::vector<SampleSpec> samples_of(const std::vector<std::string>& images);
 
