@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <random>
@@ -94,6 +95,7 @@ struct ModelFlags {
     o.plugin_dirs = common.plugin_dirs;
     o.plugin_options = common.plugin_options;
     if (!size.empty()) {
+      XCAM_CHECK(size[0] > 0 && size[1] > 0, "--size needs a positive HEIGHT WIDTH, got {} {}", size[0], size[1]);
       o.height = size[0];
       o.width = size[1];
     }
@@ -113,6 +115,21 @@ struct ModelFlags {
     return o;
   }
 };
+
+// A LibTorch message in one line: its last "...Error: ..." line (a
+// TorchScript traceback ends with the reason), or its first line; whole with
+// XCAM_DEBUG set.
+std::string brief(const std::string& what) {
+  if (std::getenv("XCAM_DEBUG") != nullptr || what.find('\n') == std::string::npos) return what;
+  std::string first, reason;
+  std::istringstream in(what);
+  for (std::string line; std::getline(in, line);) {
+    if (first.empty() && !line.empty()) first = line;
+    if (line.find("Error: ") != std::string::npos) reason = line;
+  }
+  const auto start = reason.find_first_not_of(' ');
+  return (reason.empty() ? first : reason.substr(start)) + " (the whole message with XCAM_DEBUG=1)";
+}
 
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;
@@ -310,6 +327,8 @@ struct CompareCommand {
       cfg.name = "compare";
       cfg.explainer = fc.options();
       cfg.methods = split(cmp_methods, ',');
+      XCAM_CHECK(!cfg.methods.empty(), "--methods is empty; give methods, comma-separated (default: {})",
+                 fmt::join(xcam::cam_methods(), ","));
       const auto& known = xcam::available_methods();
       for (const auto& m : cfg.methods)
         XCAM_CHECK(std::find(known.begin(), known.end(), m) != known.end(),
@@ -317,6 +336,7 @@ struct CompareCommand {
       for (const auto& l : cmp_layers) cfg.layer_sets.push_back(split(l, '+'));
       if (cfg.layer_sets.empty()) cfg.layer_sets.push_back({});
       cfg.targets = split(cmp_target, ',');
+      XCAM_CHECK(!cfg.targets.empty(), "--target is empty; give top1, topK, a class index or name");
       XCAM_CHECK(std::find(cfg.targets.begin(), cfg.targets.end(), "annotated") == cfg.targets.end() ||
                      !cmp_boxes.empty(),
                  "--target annotated needs --boxes (the ground-truth boxes file)");
@@ -325,6 +345,8 @@ struct CompareCommand {
       cfg.batch_size = std::max(1, cmp_batch);
       cfg.threads = fc.common.threads;
       xcam::parse_colormap(cmp_out.colormap);
+      XCAM_CHECK(cmp_out.alpha >= 0 && cmp_out.alpha <= 1,
+                 "the overlay's image weight (alpha) must be in [0, 1], got {}", cmp_out.alpha);
       cfg.outputs = cmp_out;
       cmp_opt.grid = !cmp_no_grid;
       XCAM_CHECK(cmp_opt.faithfulness.steps >= 0, "--steps must be at least 0 (0: round(sqrt(H * W))), got {}",
@@ -482,6 +504,7 @@ struct BenchCommand {
   }
 
   int run_e2e() {
+    XCAM_CHECK(repeats >= 1, "bench --e2e needs --repeats >= 1, got {}", repeats);
     auto cfg = xcam::load_experiment(e2e_config);
     XCAM_CHECK(!cfg.compare && cfg.task.empty(), "bench --e2e times plain experiments; '{}' is a comparison or a task",
                e2e_config);
@@ -509,6 +532,9 @@ struct BenchCommand {
 
   int run() {
     if (!e2e_config.empty()) return run_e2e();
+    XCAM_CHECK(repeats >= 1 && warmup >= 0 && bbatch >= 1 && bsize[0] > 0 && bsize[1] > 0,
+               "bench needs --repeats >= 1, --warmup >= 0, --batch >= 1 and a positive --size; got {}, {}, {}, {} {}",
+               repeats, warmup, bbatch, bsize[0], bsize[1]);
     XCAM_CHECK(!bo.model.empty(), "bench needs --model FILE (or --e2e CONFIG)");
     xcam::set_threads(cb.threads);
     bo.optimize = !no_optimize;
@@ -613,7 +639,7 @@ int main(int argc, char** argv) {
     std::cerr << "xcam: error: " << e.what() << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "xcam: error: " << e.what() << "\n";
+    std::cerr << "xcam: error: " << brief(e.what()) << "\n";
     return 1;
   }
   return 0;

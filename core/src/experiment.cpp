@@ -72,6 +72,22 @@ struct Yaml {
     return out;
   }
 
+  // Every mapping in `n`, recursively, with each key once: a key given
+  // twice is refused (YAML readers keep the first, the docs promise no key
+  // is ignored).
+  void unique_keys(const YAML::Node& n) const {
+    if (n.IsSequence())
+      for (const auto& item : n) unique_keys(item);
+    if (!n.IsMap()) return;
+    std::map<std::string, int> line_of;
+    for (const auto& kv : n) {
+      const auto key = kv.first.as<std::string>();
+      const auto [it, fresh] = line_of.emplace(key, kv.first.Mark().line + 1);
+      if (!fresh) fail(kv.first, fmt::format("key '{}' is given twice (first on line {}); keep one", key, it->second));
+      unique_keys(kv.second);
+    }
+  }
+
   std::array<float, 3> triple(const YAML::Node& n, const std::string& key) const {
     if (!n.IsSequence() || n.size() != 3) fail(n, fmt::format("key '{}' must be a list of 3 numbers (R, G, B)", key));
     return {as<float>(n[0], key, "a number"), as<float>(n[1], key, "a number"), as<float>(n[2], key, "a number")};
@@ -196,7 +212,12 @@ void load_runs(const Yaml& y, const YAML::Node& root, ExperimentConfig& c) {
     if (layers.IsScalar()) {
       c.layer_sets.push_back({layers.as<std::string>()});
     } else if (layers.IsSequence()) {
-      for (const auto& item : layers) c.layer_sets.push_back(y.strings(item, "layers"));
+      for (const auto& item : layers) {
+        c.layer_sets.push_back(y.strings(item, "layers"));
+        if (c.layer_sets.back().empty()) y.fail(item, "an empty layer set in 'layers'; give at least one layer");
+      }
+      if (c.layer_sets.empty())
+        y.fail(layers, "key 'layers' is an empty list; give layers, or leave the key out for the plugin's default");
     } else {
       y.fail(layers, "key 'layers' must be a layer, or a list whose items are layers or lists of layers");
     }
@@ -204,12 +225,14 @@ void load_runs(const Yaml& y, const YAML::Node& root, ExperimentConfig& c) {
     c.layer_sets.push_back({});  // the plugin's default
   }
   c.methods = root["methods"] ? y.strings(root["methods"], "methods") : std::vector<std::string>{"gradcam"};
+  if (c.methods.empty()) y.fail(root["methods"], "key 'methods' is an empty list; give at least one method");
   for (const auto& m : c.methods) {
     const auto& known = available_methods();
     if (std::find(known.begin(), known.end(), m) == known.end())
       y.fail(root["methods"], fmt::format("method '{}' is not available; choose from: {}", m, fmt::join(known, ", ")));
   }
   c.targets = root["targets"] ? y.strings(root["targets"], "targets") : std::vector<std::string>{"top1"};
+  if (c.targets.empty()) y.fail(root["targets"], "key 'targets' is an empty list; give at least one target");
 
 }
 
@@ -240,7 +263,11 @@ void load_inputs(const Yaml& y, const YAML::Node& root, const std::string& base,
     c.batch_size = y.as<int>(root["batch_size"], "batch_size", "a positive integer");
     if (c.batch_size < 1) y.fail(root["batch_size"], "key 'batch_size' must be at least 1");
   }
-  if (root["threads"]) c.threads = y.as<int>(root["threads"], "threads", "an integer (0: all cores)");
+  if (root["threads"]) {
+    c.threads = y.as<int>(root["threads"], "threads", "an integer (0: all cores)");
+    if (c.threads < 0 || c.threads > kMaxThreads)
+      y.fail(root["threads"], fmt::format("key 'threads' must be in [0, {}] (0: all cores)", kMaxThreads));
+  }
   if (root["io_threads"]) {
     c.io_threads = y.as<int>(root["io_threads"], "io_threads", "an integer (0: no pipeline)");
     if (c.io_threads < 0 || c.io_threads > 64) y.fail(root["io_threads"], "key 'io_threads' must be in [0, 64]");
@@ -330,6 +357,7 @@ ExperimentConfig load_experiment(const std::string& path) {
     XCAM_THROW("{}:{}: invalid YAML: {}", path, e.mark.line + 1, e.msg);
   }
   if (!root.IsMap()) y.fail(root, "an experiment is a mapping with at least model, layers and inputs");
+  y.unique_keys(root);
   y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
                                        "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
                                        "threads", "io_threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "winograd",

@@ -12,7 +12,9 @@
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
+#include <iostream>
 #include <thread>
 
 #include "xcam/image.h"
@@ -71,7 +73,13 @@ const std::vector<std::string>& cam_methods() {
 }
 
 void set_threads(int threads) {
-  const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  XCAM_CHECK(threads >= 0 && threads <= kMaxThreads, "threads must be in [0, {}] (0: all cores), got {}",
+             kMaxThreads, threads);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads > cores)
+    std::cerr << fmt::format("xcam: warning: threads {} is more than this machine's {} cores; using {}\n", threads,
+                             cores, cores);
+  const int n = threads > 0 ? std::min(threads, cores) : cores;
   at::set_num_threads(n);
   omp_set_num_threads(n);
 }
@@ -110,6 +118,12 @@ void Explainer::Impl::init(ExplainerOptions options) {
   if (m.opt.width > 0) m.pre.width = m.opt.width;
   if (m.opt.mean) m.pre.mean = *m.opt.mean;
   if (m.opt.std) m.pre.std = *m.opt.std;
+  XCAM_CHECK(m.opt.height >= 0 && m.opt.width >= 0 && m.pre.height > 0 && m.pre.width > 0,
+             "the input size must be positive, got {} x {}", m.pre.height, m.pre.width);
+  for (int c = 0; c < 3; ++c)
+    XCAM_CHECK(std::isfinite(m.pre.mean[c]) && std::isfinite(m.pre.std[c]) && m.pre.std[c] > 0,
+               "preprocessing mean {} / std {}: every mean must be a number and every std a positive number",
+               fmt::join(m.pre.mean, " "), fmt::join(m.pre.std, " "));
   m.plugin_minor = d.abi_minor;
   m.layers = m.opt.layers.empty() ? m.plugin->default_layers(m.model.module()) : m.opt.layers;
   const auto aliases = m.plugin->layer_aliases();

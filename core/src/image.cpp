@@ -12,8 +12,11 @@ namespace xcam {
 
 cv::Mat load_rgb(const std::string& path) {
   namespace fs = std::filesystem;
-  XCAM_CHECK(fs::exists(path), "image '{}' does not exist", path);
-  XCAM_CHECK(fs::is_regular_file(path), "image '{}' is not a file", path);
+  std::error_code ec;
+  const auto st = fs::status(path, ec);  // no exception: a symbolic-link loop is this item's error only
+  XCAM_CHECK(!ec || st.type() == fs::file_type::not_found, "image '{}' cannot be reached: {}", path, ec.message());
+  XCAM_CHECK(fs::exists(st), "image '{}' does not exist", path);
+  XCAM_CHECK(fs::is_regular_file(st), "image '{}' is not a file", path);
   std::ifstream probe(path, std::ios::binary);
   XCAM_CHECK(probe.good(), "image '{}' cannot be read (permissions?)", path);
   cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);

@@ -699,11 +699,34 @@ struct Writer {
 
 }  // namespace
 
+namespace {
+
+// What the outputs need, checked before anything is computed: the folder
+// can be made and written to, the overlay weight and PNG level are sane.
+void check_outputs(const OutputOptions& out) {
+  XCAM_CHECK(out.alpha >= 0 && out.alpha <= 1, "the overlay's image weight (alpha) must be in [0, 1], got {}",
+             out.alpha);
+  XCAM_CHECK(out.png_level >= -1 && out.png_level <= 9, "png_level must be -1 (fast) or 0..9, got {}", out.png_level);
+  std::error_code ec;
+  fs::create_directories(fs::path(out.dir) / ".items", ec);
+  const auto probe = fs::path(out.dir) / fmt::format(".xcam-write-test{}", ::getpid());
+  bool ok = !ec && std::ofstream(probe).good();
+  fs::remove(probe, ec);
+  ok = ok && std::ofstream(fs::path(out.dir) / ".items" / probe.filename()).good();
+  fs::remove(fs::path(out.dir) / ".items" / probe.filename(), ec);
+  XCAM_CHECK(ok, "cannot create output directory '{}' or write in it (permissions? read-only disk? a file in the "
+             "way?); choose another with --out or outputs.dir",
+             out.dir);
+}
+
+}  // namespace
+
 void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, int batch_size,
                        const std::vector<std::string>& targets,
                        const std::map<std::string, std::vector<Box>>* boxes, const OutputOptions& out,
                        std::vector<ItemRecord>& records, RunSummary& summary, const RunOptions& opt,
                        const std::string& progress_label) {
+  check_outputs(out);
   Writer w(ex, boxes, out, records, summary, opt.progress && ::isatty(STDERR_FILENO));
   w.progress_label = progress_label;
   w.total = samples.size();
@@ -864,6 +887,7 @@ class RunnerTask final : public TaskRun {
 void run_task_and_write(Explainer& ex, const std::string& task_json, const std::vector<SampleSpec>& samples,
                         const std::vector<std::string>& targets, const OutputOptions& out,
                         std::vector<ItemRecord>& records, RunSummary& summary) {
+  check_outputs(out);
   Writer w(ex, nullptr, out, records, summary, false);
   fs::create_directories(w.item_dir);
   remove_stale_temporaries(out.dir);

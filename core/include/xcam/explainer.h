@@ -213,6 +213,9 @@ class Explainer {
 };
 
 // Sets LibTorch's intra-op and OpenMP thread counts (0: all cores).
+// threads above the machine's cores use the cores (with a warning); outside
+// [0, kMaxThreads] is refused.
+constexpr int kMaxThreads = 1024;
 void set_threads(int threads);
 
 }  // namespace xcam

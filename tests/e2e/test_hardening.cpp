@@ -1,0 +1,130 @@
+// Bad input refused up front with one line that names it and what to do, or,
+// for one bad item of many, reported and skipped with the rest written
+// (the hardening issue's items 1-6 and 8, each reproduced here first).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "../common.h"
+
+namespace fs = std::filesystem;
+using xcam::test::expect_one_line_error;
+using xcam::test::run_command;
+using xcam::test::source;
+using xcam::test::TempDir;
+using xcam::test::xcam_cmd;
+
+namespace {
+
+std::string image(int i) { return source("zoo/data/shapes/val_00" + std::to_string(i) + ".png"); }
+
+std::string explain(const std::string& out, const std::string& args) {
+  return xcam_cmd() + "explain --plugin-dir " + xcam::test::binary("plugins") + " --model " +
+         source("zoo/models/shapes_cnn_traced.pt") + " --layer block4 --out " + out + " " + args;
+}
+
+// A small experiment; `extra` lines are appended, `layers`/`methods` replaced when given.
+std::string yaml(const TempDir& tmp, const std::string& extra, const std::string& runs = "layers: [block4]\n") {
+  const auto file = tmp / "x.yaml";
+  std::ofstream(file) << "model: " << source("zoo/models/shapes_cnn_traced.pt") << "\n"
+                      << runs << "inputs: [" << image(0) << "]\npreprocess: {size: [128, 128]}\n"
+                      << "outputs: {dir: " << (tmp / "out") << "}\n" << extra;
+  return file;
+}
+
+// 1. A symbolic-link loop among the inputs is one skipped item, not the end of the job.
+TEST(Hardening, SymlinkLoopIsOneSkippedItem) {
+  TempDir tmp("symlink-loop");
+  fs::create_directories(tmp / "in");
+  fs::copy_file(image(0), tmp / "in/a.png");
+  fs::create_symlink("loop.png", tmp / "in/loop.png");  // points at itself
+  const auto r = run_command(explain(tmp / "o", (tmp / "in/a.png") + " " + (tmp / "in/loop.png")));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("done 1, resumed 0, failed 1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("loop.png' cannot be reached: Too many levels of symbolic links"), std::string::npos)
+      << r.output;
+  EXPECT_TRUE(fs::exists(tmp / "o/a_0.npy") || fs::exists(tmp / "o/a_1.npy") || fs::exists(tmp / "o/a_2.npy") ||
+              fs::exists(tmp / "o/a_3.npy"))
+      << r.output;
+  // The same from a YAML whose input is the folder.
+  std::ofstream(tmp / "x.yaml") << "model: " << source("zoo/models/shapes_cnn_traced.pt")
+                                << "\nlayers: [block4]\ninputs: [" << (tmp / "in") << "]\npreprocess: {size: [128, 128]}\n"
+                                << "outputs: {dir: " << (tmp / "run") << "}\n";
+  const auto y = run_command(xcam_cmd() + "run " + (tmp / "x.yaml"));
+  EXPECT_EQ(y.status, 1) << y.output;
+  EXPECT_NE(y.output.find("done 1, resumed 0, failed 1"), std::string::npos) << y.output;
+  EXPECT_NE(y.output.find("cannot be reached: Too many levels of symbolic links"), std::string::npos) << y.output;
+}
+
+// 2. Threads: nonsense refused, more than the machine has bounded by its cores.
+TEST(Hardening, ThreadsAreBounded) {
+  TempDir tmp("threads");
+  for (const std::string t : {"-1", "100000"})
+    expect_one_line_error(run_command(xcam_cmd() + "run " + yaml(tmp, "threads: " + t + "\n")),
+                          "key 'threads' must be in [0, 1024] (0: all cores)");
+  expect_one_line_error(run_command(explain(tmp / "o", "--threads -3 " + image(0))), "threads must be in [0, 1024]");
+  const auto many = std::to_string(std::thread::hardware_concurrency() + 3);
+  const auto r = run_command(explain(tmp / "o", "--threads " + many + " " + image(0)));
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("xcam: warning: threads " + many + " is more than this machine's"), std::string::npos)
+      << r.output;
+}
+
+// 3. Empty method and layer lists are refused, not a run that does nothing.
+TEST(Hardening, EmptyListsAreRefused) {
+  TempDir tmp("empty-lists");
+  expect_one_line_error(run_command(xcam_cmd() + "run " + yaml(tmp, "methods: []\n")),
+                        "key 'methods' is an empty list; give at least one method");
+  expect_one_line_error(run_command(xcam_cmd() + "run " + yaml(tmp, "", "layers: []\n")),
+                        "key 'layers' is an empty list");
+  expect_one_line_error(run_command(xcam_cmd() + "compare --model " + source("zoo/models/shapes_cnn_traced.pt") +
+                                    " --methods '' --layer block4 --out " + (tmp / "c") + " " + image(0)),
+                        "--methods is empty");
+}
+
+// 4. A key given twice is refused with both lines.
+TEST(Hardening, DuplicateYamlKeysAreRefused) {
+  TempDir tmp("dup-keys");
+  const auto r = run_command(xcam_cmd() + "run " + yaml(tmp, "methods: [gradcam]\nbatch_size: 2\nmethods: [eigencam]\n"));
+  expect_one_line_error(r, "x.yaml:8: key 'methods' is given twice (first on line 6); keep one");
+  const auto nested = run_command(xcam_cmd() + "run " + yaml(tmp, "attention: {prefix: 1, prefix: 2}\n"));
+  expect_one_line_error(nested, "key 'prefix' is given twice");
+}
+
+// 5. Sizes, normalisation and the overlay weight are checked before any map is made.
+TEST(Hardening, PreprocessingAndOutputOptionsUpFront) {
+  TempDir tmp("preprocess");
+  expect_one_line_error(run_command(explain(tmp / "o", image(0) + " --size 0 0")),
+                        "--size needs a positive HEIGHT WIDTH, got 0 0");
+  expect_one_line_error(run_command(explain(tmp / "o", image(0) + " --size -5 128")), "got -5 128");
+  expect_one_line_error(run_command(explain(tmp / "o", image(0) + " --std 0 0 0")),
+                        "every mean must be a number and every std a positive number");
+  expect_one_line_error(run_command(explain(tmp / "o", image(0) + " --mean nan nan nan")),
+                        "every mean must be a number");
+  const auto r = run_command(xcam_cmd() + "compare --model " + source("zoo/models/shapes_cnn_traced.pt") +
+                             " --methods gradcam --layer block4 --alpha 5 --out " + (tmp / "c") + " " + image(0));
+  expect_one_line_error(r, "the overlay's image weight (alpha) must be in [0, 1], got 5");
+  EXPECT_FALSE(fs::exists(tmp / "c/gradcam/block4/val_000_0.npy"));
+}
+
+// 6. bench refuses what would print nonsense; a size the model cannot take is one line.
+TEST(Hardening, BenchArgumentsAndModelFailuresAreOneLine) {
+  const std::string bench = xcam_cmd() + "bench --plugin-dir " + xcam::test::binary("plugins") + " --model " +
+                            source("zoo/models/shapes_cnn_traced.pt") + " --layer block4 --threads 2 ";
+  expect_one_line_error(run_command(bench + "--repeats 0"), "bench needs --repeats >= 1");
+  expect_one_line_error(run_command(bench + "--batch 0"), "--batch >= 1");
+  expect_one_line_error(run_command(bench + "--batch -2"), "--batch >= 1");
+  expect_one_line_error(run_command(bench + "--size 1 1 --repeats 1 --warmup 0"), "xcam: error: ");
+}
+
+// 8. An output folder that cannot be written is found before anything is computed.
+TEST(Hardening, UnwritableOutputFoundFirst) {
+  TempDir tmp("unwritable");
+  std::ofstream(tmp / "file") << "not a folder";
+  expect_one_line_error(run_command(explain(tmp / "file/out", image(0))),
+                        "cannot create output directory '" + (tmp / "file/out") + "' or write in it");
+}
+
+}  // namespace
