@@ -133,6 +133,21 @@ void Explainer::Impl::init(ExplainerOptions options) {
   m.check_taps_fit_method();
 }
 
+void Explainer::Impl::check_arity(const std::vector<c10::IValue>& inputs) const {
+  const auto& args = model.module().get_method("forward").function().getSchema().arguments();
+  size_t required = 0;
+  std::vector<std::string> names;
+  for (size_t i = 1; i < args.size(); ++i) {  // after self
+    names.push_back(args[i].name());
+    if (!args[i].default_value()) ++required;
+  }
+  if (inputs.size() >= required && inputs.size() <= names.size()) return;
+  throw SetupError(fmt::format("model {} takes {} input(s) in forward({}); plugin '{}' gives {}: use the plugin "
+                               "made for this model (--plugin, YAML plugin)",
+                               opt.model, required, fmt::join(names, ", "), opt.plugin, inputs.size()),
+                   __FILE__, __LINE__);
+}
+
 void Explainer::Impl::check_taps_fit_method() const {
   if (method->kind != methods::Kind::channel && method->kind != methods::Kind::perturbation) return;
   std::map<std::string, std::string> type_of;
@@ -260,6 +275,7 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
   const auto t = Clock::now();
   try {
     plugin->prepare(model.module(), p.batch);
+    check_arity(p.batch.inputs);
     plugin->decode(model.module(), p.batch);
     p.fwd = tapped->run(p.batch.inputs, /*record_grad=*/method->gradients);
   } catch (const std::exception& e) {
@@ -551,7 +567,10 @@ void Explainer::forward_only(const std::vector<float>& nchw, int64_t batch, Stag
     b.ids.push_back("bench" + std::to_string(i));
     b.samples.push_back(Sample{b.ids.back(), {{"image", images[i]}}, "", m.opt.targets, {}});
   }
-  host_errors([&] { m.plugin->prepare(m.model.module(), b); });
+  host_errors([&] {
+    m.plugin->prepare(m.model.module(), b);
+    m.check_arity(b.inputs);
+  });
   auto out = m.model.module().forward(b.inputs);
   if (times) times->forward_ms = ms_since(t);
 }

@@ -42,6 +42,8 @@ auto host_errors(F&& f) -> decltype(f()) {
     return f();
   } catch (const c10::Error&) {
     throw;  // LibTorch's own type, in LibTorch's library
+  } catch (const SetupError&) {
+    throw;  // the host's own
   } catch (const std::exception& e) {
     throw Error(e.what(), __FILE__, __LINE__);
   }
@@ -136,6 +138,9 @@ struct Explainer::Impl {
                                          const std::vector<SampleInput>* inputs);
 
   void init(ExplainerOptions options);
+  // The inputs a plugin prepared fit the model's forward (as many as it
+  // takes); else a SetupError naming both.
+  void check_arity(const std::vector<c10::IValue>& inputs) const;
   // Channel and perturbation methods refuse taps that hold attention
   // probabilities (a softmax op, nn.MultiheadAttention's weights).
   void check_taps_fit_method() const;

@@ -658,6 +658,8 @@ struct Writer {
         maps = ex.explain(samples, &t);
         // The metric forwards are not part of the explanation's timings.
         if (out.faithfulness) faith = ex.faithfulness(samples, maps, *out.faithfulness);
+      } catch (const SetupError&) {
+        throw;  // the run's set-up: no sample would do better
       } catch (const std::exception& e) {
         if (group.size() > 1)
           for (size_t i : group) groups.push_back({i});

@@ -119,6 +119,21 @@ TEST(Hardening, BenchArgumentsAndModelFailuresAreOneLine) {
   expect_one_line_error(run_command(bench + "--size 1 1 --repeats 1 --warmup 0"), "xcam: error: ");
 }
 
+// 7. A model that takes other inputs than the plugin gives: one up-front line
+// from explain (not one per image) and from bench.
+TEST(Hardening, ModelInputsThePluginDoesNotGive) {
+  TempDir tmp("arity");
+  const auto model = xcam::test::models("attention/siamese_traced.pt");
+  const std::string why = "takes 2 input(s) in forward(query, reference); plugin 'cnn' gives 1";
+  expect_one_line_error(run_command(xcam_cmd() + "explain --plugin-dir " + xcam::test::binary("plugins") +
+                                    " --model " + model + " --size 32 32 --layer enc.blocks.0@0 --out " +
+                                    (tmp / "o") + " " + image(0) + " " + image(1) + " " + image(2)),
+                        why);
+  expect_one_line_error(run_command(xcam_cmd() + "bench --plugin-dir " + xcam::test::binary("plugins") +
+                                    " --model " + model + " --size 32 32 --layer enc.blocks.0@0 --repeats 1"),
+                        why);
+}
+
 // 8. An output folder that cannot be written is found before anything is computed.
 TEST(Hardening, UnwritableOutputFoundFirst) {
   TempDir tmp("unwritable");

@@ -23,6 +23,14 @@ class __attribute__((visibility("default"))) Error : public std::runtime_error {
   int line_;
 };
 
+// An error of the run's set-up, not of one sample (a model that takes other
+// inputs than the plugin gives): the runner stops at the first instead of
+// reporting it for every sample. Raised by the host only, never by plugins.
+class __attribute__((visibility("default"))) SetupError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace xcam
 
 #define XCAM_THROW(...) throw ::xcam::Error(::fmt::format(__VA_ARGS__), __FILE__, __LINE__)
