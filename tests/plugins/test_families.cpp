@@ -103,12 +103,23 @@ TEST(ImagePromptDecoder, PluginSizesEachImage) {
   EXPECT_EQ(maps[0].width, 80);
   EXPECT_EQ(maps[1].height, 56);  // 200 x 400 over 80 x 80 pixels: divided by 3.54, rounded down -> 56 x 112
   EXPECT_EQ(maps[1].width, 112);
+  // The maps are those of the images resized to those sizes beforehand.
+  for (const auto& [m, image] : {std::pair{&maps[0], odd}, std::pair{&maps[1], big}}) {
+    cv::Mat sized;
+    cv::resize(image, sized, cv::Size(int(m->width), int(m->height)), 0, 0, cv::INTER_LINEAR);
+    const auto same = ex.explain(std::vector<xcam::SampleInput>{vlm_sample(m->image_id, sized)});
+    EXPECT_LT(xcam::test::max_abs_diff(m->map, same.at(0).map, 0), 1e-6) << m->image_id;
+  }
   auto fixed = vlm_options("scripted");
   fixed.height = fixed.width = 64;
   xcam::Explainer ex64(fixed);
   const auto m64 = ex64.explain(std::vector<xcam::SampleInput>{vlm_sample("odd", odd)});
   EXPECT_EQ(m64.at(0).height, 64);
   EXPECT_EQ(m64.at(0).width, 64);
+  cv::Mat square;
+  cv::resize(odd, square, cv::Size(64, 64), 0, 0, cv::INTER_LINEAR);
+  const auto own = ex.explain(std::vector<xcam::SampleInput>{vlm_sample("odd", square)});
+  EXPECT_LT(xcam::test::max_abs_diff(m64.at(0).map, own.at(0).map, 0), 1e-6);
 }
 
 xcam::ExplainerOptions text_options(const std::string& variant) {

@@ -54,6 +54,12 @@ TEST(PluginHooks, InputSizeOnlyFor22) {
     ASSERT_EQ(maps.size(), 1u) << build;
     EXPECT_EQ(maps[0].height, size) << build;
     EXPECT_EQ(maps[0].width, size) << build;
+    // The same map as the 2.1 build's with that size given by the user.
+    auto fixed = options("classifier21");
+    fixed.height = fixed.width = size;
+    xcam::Explainer ref(fixed);
+    EXPECT_LT(xcam::test::max_abs_diff(maps[0].map, ref.explain(std::vector<xcam::SampleInput>{s})[0].map, 0), 1e-6)
+        << build;
   }
 }
 
