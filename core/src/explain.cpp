@@ -38,6 +38,8 @@ std::vector<std::string> read_labels(const std::string& file) {
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
     labels.push_back(line);
   }
+  while (!labels.empty() && labels.back().empty()) labels.pop_back();  // blank lines at the end
+  XCAM_CHECK(!labels.empty(), "labels file '{}' is empty; give one class name a line, in class-index order", file);
   return labels;
 }
 
@@ -145,6 +147,18 @@ void Explainer::Impl::check_arity(const std::vector<c10::IValue>& inputs) const 
   throw SetupError(fmt::format("model {} takes {} input(s) in forward({}); plugin '{}' gives {}: use the plugin "
                                "made for this model (--plugin, YAML plugin)",
                                opt.model, required, fmt::join(names, ", "), opt.plugin, inputs.size()),
+                   __FILE__, __LINE__);
+}
+
+// A classifier's scores (B x C) against the labels file: a count that differs
+// means the names are shifted or belong to another model.
+void Explainer::Impl::check_labels(const c10::IValue& output) const {
+  if (labels.empty() || !output.isTensor() || output.toTensor().dim() != 2) return;
+  const int64_t classes = output.toTensor().size(1);
+  if (classes == static_cast<int64_t>(labels.size())) return;
+  throw SetupError(fmt::format("labels file '{}' names {} classes but model {} scores {}; give the labels file "
+                               "made for this model, one class name a line in class-index order",
+                               opt.labels_file, labels.size(), opt.model, classes),
                    __FILE__, __LINE__);
 }
 
@@ -284,6 +298,7 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
                ids.at(0), opt.plugin, first_line(e.what()));
   }
   times->forward_ms += ms_since(t);
+  check_labels(p.fwd.output);
   p.layouts = layouts_of(p.batch, p.fwd);
   XCAM_CHECK(!p.text || (!p.layouts.empty() && !p.layouts[0].index.empty() &&
                          std::none_of(p.layouts[0].words.begin(), p.layouts[0].words.end(),

@@ -141,6 +141,9 @@ struct Explainer::Impl {
   // The inputs a plugin prepared fit the model's forward (as many as it
   // takes); else a SetupError naming both.
   void check_arity(const std::vector<c10::IValue>& inputs) const;
+  // A classifier's output (B x C) has as many classes as the labels file
+  // names; else a SetupError naming both.
+  void check_labels(const c10::IValue& output) const;
   // Channel and perturbation methods refuse taps that hold attention
   // probabilities (a softmax op, nn.MultiheadAttention's weights).
   void check_taps_fit_method() const;

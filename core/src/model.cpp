@@ -13,7 +13,10 @@
 #include <torch/csrc/jit/runtime/interpreter.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <optional>
@@ -107,6 +110,18 @@ Model Model::load(const std::string& path, const std::string& device) {
   XCAM_CHECK(fs::exists(path), "model '{}' does not exist; give the path of a TorchScript file (.pt)", path);
   XCAM_CHECK(fs::is_regular_file(path), "model '{}' is not a file; give the path of a TorchScript file (.pt)",
              path);
+  {
+    std::ifstream probe(path, std::ios::binary);
+    char byte = 0;
+    XCAM_CHECK(probe.is_open(),
+               "model '{}' cannot be read ({}); make it readable by this user (chmod a+r) or copy it somewhere "
+               "readable",
+               path, std::strerror(errno));
+    XCAM_CHECK(static_cast<bool>(probe.read(&byte, 1)),
+               "model '{}' is empty (0 bytes); export it again with torch.jit.trace or torch.jit.script and "
+               "torch.jit.save",
+               path);
+  }
   Model m;
   m.path_ = path;
   m.device_ = c10::Device(device);

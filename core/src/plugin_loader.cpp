@@ -3,15 +3,22 @@
 #include "xcam/plugin_loader.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <torch/version.h>
 #include <unistd.h>
 
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <set>
 #include <sstream>
@@ -60,6 +67,12 @@ PluginLibrary::~PluginLibrary() {
 }
 
 std::shared_ptr<PluginLibrary> PluginLibrary::open(const std::string& file) {
+  const PluginProbe probe = probe_plugin(file);
+  if (!probe.loaded) throw Error(probe.message, __FILE__, __LINE__);
+  return open_here(file);
+}
+
+std::shared_ptr<PluginLibrary> PluginLibrary::open_here(const std::string& file) {
   std::shared_ptr<PluginLibrary> lib(new PluginLibrary);
   lib->file_ = file;
   lib->name_ = name_from_file(file);
@@ -113,6 +126,109 @@ std::shared_ptr<PluginLibrary> PluginLibrary::open(const std::string& file) {
   return lib;
 }
 
+namespace {
+
+// How long a probe may take before it is stopped: XCAM_PLUGIN_PROBE_TIMEOUT
+// seconds, 30 by default (a plugin that loads LibTorch's CUDA libraries from
+// a cold disk takes several).
+double probe_timeout_s() {
+  if (const char* env = std::getenv("XCAM_PLUGIN_PROBE_TIMEOUT")) {
+    char* end = nullptr;
+    const double v = std::strtod(env, &end);
+    if (end != env && *end == '\0' && v > 0) return v;
+  }
+  return 30.0;
+}
+
+// The child's side: open and check the library, write the verdict, leave
+// without running any exit handler of the parent's (or the plugin's).
+[[noreturn]] void probe_child(const std::string& file, int fd) {
+  std::string out;
+  try {
+    auto lib = PluginLibrary::open_here(file);
+    const auto& d = lib->descriptor();
+    out = std::string("L") + (d.version ? d.version : "") + '\x1f' + (d.summary ? d.summary : "");
+  } catch (const std::exception& e) {
+    out = std::string("R") + e.what();
+  }
+  for (size_t done = 0; done < out.size();) {
+    const ssize_t n = ::write(fd, out.data() + done, out.size() - done);
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  ::_exit(0);
+}
+
+// Reads the child's verdict until it closes the pipe or the deadline passes.
+bool read_verdict(int fd, double timeout_s, std::string* out) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  char buf[4096];
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0) return false;
+    if (r < 0) return true;  // nothing more can be read: judge by how the child ended
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return true;  // EOF: the child is done (or died)
+    out->append(buf, static_cast<size_t>(n));
+  }
+}
+
+}  // namespace
+
+PluginProbe probe_plugin(const std::string& file) {
+  PluginProbe p;
+  int fds[2];
+  XCAM_CHECK(::pipe2(fds, O_CLOEXEC) == 0, "cannot probe plugin '{}': pipe2() failed ({})", file, std::strerror(errno));
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    XCAM_THROW("cannot probe plugin '{}': fork() failed ({})", file, std::strerror(errno));
+  }
+  if (pid == 0) {
+    ::close(fds[0]);
+    probe_child(file, fds[1]);
+  }
+  ::close(fds[1]);
+  const double timeout_s = probe_timeout_s();
+  std::string verdict;
+  const bool finished = read_verdict(fds[0], timeout_s, &verdict);
+  ::close(fds[0]);
+  if (!finished) ::kill(pid, SIGKILL);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!finished) {
+    p.message = fmt::format("plugin '{}' refused: loading it did not finish within {:g} s (a constructor that "
+                            "waits or loops); fix or remove it from the plugin path (XCAM_PLUGIN_PROBE_TIMEOUT "
+                            "sets the limit)",
+                            file, timeout_s);
+  } else if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    p.message = fmt::format("plugin '{}' refused: loading it crashed the process that tried (signal {}, {}); its "
+                            "constructor or a library it needs fails. Rebuild it, or remove it from the plugin path",
+                            file, sig, strsignal(sig));
+  } else if (verdict.empty() || (verdict[0] != 'L' && verdict[0] != 'R')) {
+    p.message = fmt::format("plugin '{}' refused: loading it ended the process that tried (exit status {}) before "
+                            "it could be checked; its constructor exits. Rebuild it, or remove it from the plugin "
+                            "path",
+                            file, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  } else if (verdict[0] == 'R') {
+    p.message = verdict.substr(1);
+  } else {
+    const auto sep = verdict.find('\x1f');
+    p.loaded = true;
+    p.version = verdict.substr(1, sep - 1);
+    p.summary = sep == std::string::npos ? "" : verdict.substr(sep + 1);
+  }
+  return p;
+}
+
 std::vector<std::string> plugin_search_path(const std::vector<std::string>& explicit_dirs) {
   std::vector<std::string> path = explicit_dirs;
   if (const char* env = std::getenv("XCAM_PLUGIN_PATH")) {
@@ -158,14 +274,10 @@ std::vector<PluginReport> scan_plugins(const std::vector<std::string>& search_pa
     PluginReport r;
     r.file = file;
     r.name = name_from_file(file);
-    try {
-      auto lib = PluginLibrary::open(file);
-      r.loaded = true;
-      r.version = lib->descriptor().version ? lib->descriptor().version : "";
-      r.reason = lib->descriptor().summary ? lib->descriptor().summary : "";
-    } catch (const Error& e) {
-      r.reason = e.what();
-    }
+    const PluginProbe probe = probe_plugin(file);  // in a child: a crashing library is one refusal
+    r.loaded = probe.loaded;
+    r.version = probe.version;
+    r.reason = probe.loaded ? probe.summary : probe.message;
     out.push_back(std::move(r));
   }
   return out;

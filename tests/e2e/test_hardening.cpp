@@ -1,10 +1,12 @@
 // Bad input refused up front with one line that names it and what to do, or,
 // for one bad item of many, reported and skipped with the rest written
-// (the hardening issue's items 1-6 and 8, each reproduced here first).
+// (the hardening issue's items 1-8, each reproduced here first).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "../common.h"
@@ -140,6 +142,46 @@ TEST(Hardening, UnwritableOutputFoundFirst) {
   std::ofstream(tmp / "file") << "not a folder";
   expect_one_line_error(run_command(explain(tmp / "file/out", image(0))),
                         "cannot create output directory '" + (tmp / "file/out") + "' or write in it");
+}
+
+// 8. A model file this user cannot read says so (not "not a TorchScript
+// archive"). Root reads any file whatever its mode, so as root the command
+// runs as the unprivileged user nobody.
+TEST(Hardening, UnreadableModelSaysSo) {
+  TempDir tmp("unreadable");
+  fs::permissions(tmp.str(), fs::perms::all, fs::perm_options::add);  // nobody may enter and write
+  fs::copy_file(source("zoo/models/shapes_cnn_traced.pt"), tmp / "model.pt");
+  fs::permissions(tmp / "model.pt", fs::perms::none, fs::perm_options::replace);
+  const std::string as_user = geteuid() == 0 ? "setpriv --reuid=65534 --regid=65534 --clear-groups " : "";
+  expect_one_line_error(run_command(as_user + xcam_cmd() + "explain --plugin-dir " + xcam::test::binary("plugins") +
+                                    " --model " + (tmp / "model.pt") + " --layer block4 --out " + (tmp / "o") +
+                                    " " + image(0)),
+                        "model '" + (tmp / "model.pt") + "' cannot be read (Permission denied); make it readable");
+}
+
+// 8. A labels file that names more or fewer classes than the model scores is
+// refused before any map is written; blank lines at its end are not classes.
+TEST(Hardening, LabelsCountMustMatchTheModel) {
+  TempDir tmp("labels");
+  std::ofstream(tmp / "three.txt") << "circle\nsquare\ntriangle\n";
+  std::ofstream(tmp / "five.txt") << "circle\nsquare\ntriangle\ncross\nstar\n";
+  std::ofstream(tmp / "trailing.txt") << "circle\nsquare\ntriangle\ncross\n\n\n";
+  std::ofstream(tmp / "empty.txt") << "\n";
+  const std::string two = image(0) + " " + image(1);
+  for (const char* f : {"three.txt", "five.txt"}) {
+    const auto r = run_command(explain(tmp / "o", "--size 128 128 --labels " + (tmp / f) + " " + two));
+    expect_one_line_error(r, "labels file '" + (tmp / f) + "' names " + (f[0] == 't' ? "3" : "5") +
+                                 " classes but model " + source("zoo/models/shapes_cnn_traced.pt") + " scores 4");
+    EXPECT_FALSE(fs::exists(tmp / "o/results.json")) << r.output;
+  }
+  expect_one_line_error(run_command(explain(tmp / "o", "--labels " + (tmp / "empty.txt") + " " + two)),
+                        "labels file '" + (tmp / "empty.txt") + "' is empty");
+  const auto ok = run_command(explain(tmp / "ok", "--size 128 128 --labels " + (tmp / "trailing.txt") + " " + two));
+  ASSERT_EQ(ok.status, 0) << ok.output;
+  std::ifstream in(tmp / "ok/results.csv");
+  const std::string csv((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Targets are named from the file (val_000 holds a circle and a square).
+  EXPECT_TRUE(csv.find("circle") != std::string::npos || csv.find("square") != std::string::npos) << csv;
 }
 
 }  // namespace

@@ -2,6 +2,10 @@
 // the host must refuse each one cleanly and say why.
 #include <torch/version.h>
 
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
 #include "xcam/plugin.h"
 
 #ifndef FAKE_NAME
@@ -45,6 +49,16 @@ const XcamPluginDescriptor kDescriptor = {FAKE_MAJOR, FAKE_MINOR,     sizeof(Xca
                                           FAKE_NAME,  "0.0.1",        FAKE_TORCH,
                                           FAKE_CXX11_ABI, "test double", &create,
                                           &destroy};
+
+// Defects in the library's constructors, which run inside dlopen: the probe
+// (plugin_loader.cpp) must turn each into a refusal.
+#if defined(FAKE_ABORT_AT_LOAD)
+const int kCrash = (std::abort(), 0);
+#elif defined(FAKE_HANG_AT_LOAD)
+const int kHang = (std::this_thread::sleep_for(std::chrono::hours(1)), 0);
+#elif defined(FAKE_EXIT_AT_LOAD)
+const int kExit = (std::exit(3), 0);
+#endif
 
 }  // namespace
 

@@ -1,7 +1,10 @@
 // The plugin loader against real shared libraries built with one defect each.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <utility>
+#include <vector>
 
 #include "../common.h"
 #include "xcam/error.h"
@@ -78,6 +81,44 @@ TEST(PluginLoader, FileThatIsNotALibrary) {
     }
   }
   EXPECT_EQ(loaded, 1);
+}
+
+// A library whose constructors crash, exit or hang is probed in a child
+// process: it becomes one refusal naming it, the caller lives on.
+TEST(PluginLoader, CrashingLibraryIsRefusedNotFatal) {
+  for (const auto& [name, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"abort", "loading it crashed the process that tried (signal 6, Aborted)"},
+           {"exit", "loading it ended the process that tried (exit status 3)"}}) {
+    const auto file = fake(name, "libxcam_plugin_" + name + ".so");
+    const auto msg = refusal(file);
+    EXPECT_NE(msg.find("plugin '" + file + "' refused: " + needle), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
+  }
+  ::setenv("XCAM_PLUGIN_PROBE_TIMEOUT", "1.5", 1);
+  const auto msg = refusal(fake("hang", "libxcam_plugin_hang.so"));
+  ::unsetenv("XCAM_PLUGIN_PROBE_TIMEOUT");
+  EXPECT_NE(msg.find("loading it did not finish within 1.5 s"), std::string::npos) << msg;
+}
+
+// `xcam plugins` lists the crashing library as refused and the good ones as
+// loaded (before, the listing died with it, rc 134 and no output); a run
+// with it is one line.
+TEST(PluginLoader, ListingAndRunSurviveACrashingLibrary) {
+  const auto dir = [](const std::string& c) { return std::filesystem::path(fake(c)).parent_path().string(); };
+  const auto r = xcam::test::run_command(xcam::test::xcam_cmd() + "plugins --plugin-dir " + dir("abort") +
+                                         " --plugin-dir " + dir("good"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("abort      REFUSED  plugin '" + fake("abort", "libxcam_plugin_abort.so") +
+                          "' refused: loading it crashed"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("fake       loaded   0.0.1  test double"), std::string::npos) << r.output;
+  xcam::test::TempDir tmp("crashing-plugin");
+  xcam::test::expect_one_line_error(
+      xcam::test::run_command(xcam::test::xcam_cmd() + "explain --plugin-dir " + dir("abort") + " --plugin abort" +
+                              " --model " + xcam::test::source("zoo/models/shapes_cnn_traced.pt") + " --out " +
+                              (tmp / "o") + " " + xcam::test::source("zoo/data/shapes/val_000.png")),
+      "plugin '" + fake("abort", "libxcam_plugin_abort.so") + "' refused: loading it crashed");
 }
 
 TEST(PluginLoader, FirstDirectoryWinsAndItsRefusalIsReported) {

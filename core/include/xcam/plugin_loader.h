@@ -22,7 +22,13 @@ class PluginLibrary {
   const std::string& name() const { return name_; }
 
   // Opens and checks `file`; throws xcam::Error saying why it is refused.
+  // The library is first probed in a child process (probe_plugin), so one
+  // whose constructors crash or hang is refused instead of taking the
+  // caller down.
   static std::shared_ptr<PluginLibrary> open(const std::string& file);
+
+  // Opens and checks `file` in this process, without the probe.
+  static std::shared_ptr<PluginLibrary> open_here(const std::string& file);
 
  private:
   PluginLibrary() = default;
@@ -30,6 +36,14 @@ class PluginLibrary {
   const XcamPluginDescriptor* desc_ = nullptr;
   std::string file_, name_;
 };
+
+// The verdict on one library, opened and checked in a child process.
+struct PluginProbe {
+  bool loaded = false;
+  std::string message;  // why it was refused: one line naming the file
+  std::string version, summary;
+};
+PluginProbe probe_plugin(const std::string& file);
 
 // What `xcam plugins` reports for one candidate file.
 struct PluginReport {
@@ -46,7 +60,8 @@ struct PluginReport {
 // then <prefix>/lib/xcam/plugins.
 std::vector<std::string> plugin_search_path(const std::vector<std::string>& explicit_dirs);
 
-// Every libxcam_plugin_*.so on the search path, each opened and checked.
+// Every libxcam_plugin_*.so on the search path, each probed (opened and
+// checked in a child process); nothing is loaded into this one.
 std::vector<PluginReport> scan_plugins(const std::vector<std::string>& search_path);
 
 // A plugin by name ("cnn") or by path to its .so; throws xcam::Error listing
