@@ -7,6 +7,7 @@
 # usage: benchmarks/e2e_bench.sh [BUILD_DIR] [ratio|rss|all] [IO_THREADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benchmarks/rss_sampler.sh
 build=$(realpath "${1:-build/${XCAM_PRESET:-cpu-release}}")
 what=${2:-all}
 io=${3:-2}
@@ -88,14 +89,8 @@ PY
   rm -rf "$work/out-rss"
   "$xcam" run "$work/rss.yaml" --io-threads "$io" >"$work/rss.log" 2>&1 &
   pid=$!
-  : >"$work/rss.tsv"
-  t=0
-  while kill -0 $pid 2>/dev/null; do
-    rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null || true)
-    [ -n "$rss" ] && printf '%s\t%s\t%s\n' "$t" "$rss" "$(ls "$work/out-rss/gradcam/block4" 2>/dev/null | grep -c '\.npy$' || true)" >>"$work/rss.tsv"
-    sleep 1
-    t=$((t + 1))
-  done
+  count_rss_maps() { ls "$work/out-rss/gradcam/block4" 2>/dev/null | grep -c '\.npy$' || true; }
+  sample_rss $pid "$work/rss.tsv" count_rss_maps
   wait $pid
   tail -2 "$work/rss.log"
   /usr/bin/python3 - "$work/rss.tsv" <<'PY'

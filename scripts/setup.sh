@@ -9,6 +9,9 @@ PACKAGES=(
   libopencv-imgcodecs-dev libopencv-imgproc-dev
   googletest libgtest-dev libbenchmark-dev
   python3-torch python3-torchvision python3-numpy python3-opencv python3-venv
+  # scripts/fuzz.sh: libFuzzer comes with clang 14; the fuzz preset builds
+  # libxcam with it (and its OpenMP runtime).
+  clang libomp-dev
   # LibTorch's linear layers and matmuls call whatever libblas.so.3 is: the
   # OpenMP build of OpenBLAS shares LibTorch's thread pool and is ~6x faster
   # than the reference BLAS that libtorch-dev pulls in (docs/results.md).

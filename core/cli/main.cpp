@@ -54,9 +54,9 @@ struct ModelFlags {
     if (model_required) m->required();
     add_common(cmd, common);
     cmd->add_option("--labels", eo.labels_file, "Class names, one a line");
-    cmd->add_option("--size", size, "Input height and width")->expected(2);
-    cmd->add_option("--mean", mean, "Normalisation mean (R G B)")->expected(3);
-    cmd->add_option("--std", stdv, "Normalisation std (R G B)")->expected(3);
+    cmd->add_option("--size", size, "Input height and width")->expected(2)->allow_extra_args(false);
+    cmd->add_option("--mean", mean, "Normalisation mean (R G B)")->expected(3)->allow_extra_args(false);
+    cmd->add_option("--std", stdv, "Normalisation std (R G B)")->expected(3)->allow_extra_args(false);
     cmd->add_option("--device", eo.device, "cpu or cuda")->capture_default_str();
     cmd->add_flag("--aug-smooth", eo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
     cmd->add_option("--perturb-chunk", eo.score_chunk,
@@ -65,7 +65,7 @@ struct ModelFlags {
                   "First principal component of the weighted activations, not their sum");
     cmd->add_option("--crops", crops, "Also explain ROWS x COLS overlapping crops and put their maps back onto "
                                       "the image (averaged)")
-        ->expected(2);
+        ->expected(2)->allow_extra_args(false);
     cmd->add_option("--crop-overlap", eo.crops.overlap, "Overlap of neighbouring crops, a fraction of a crop")
         ->capture_default_str()
         ->check(CLI::Range(0.0, 0.999999));
@@ -379,7 +379,7 @@ struct LayersCommand {
   void add(CLI::App& app) {
     cmd = app.add_subcommand("layers", "List every tappable layer with its output shape");
     cmd->add_option("model", layers_model, "TorchScript model file")->required();
-    cmd->add_option("--size", layers_size, "Sample input height and width")->expected(2)->capture_default_str();
+    cmd->add_option("--size", layers_size, "Sample input height and width")->expected(2)->allow_extra_args(false)->capture_default_str();
     cmd->add_option("--plugin", layers_common.plugin,
                        "Feed the model through this plugin's prepare() (models with other inputs than one image)");
     cmd->add_option("--plugin-dir", layers_common.plugin_dirs, "Directory searched for plugins");
@@ -478,7 +478,7 @@ struct BenchCommand {
     cmd->add_flag("--no-winograd", no_winograd,
                     "In that copy, keep 3x3 convolutions on LibTorch's direct algorithm (no oneDNN Winograd)");
     cmd->add_option("--batch", bbatch, "Batch size")->capture_default_str();
-    cmd->add_option("--size", bsize, "Input height and width")->expected(2)->capture_default_str();
+    cmd->add_option("--size", bsize, "Input height and width")->expected(2)->allow_extra_args(false)->capture_default_str();
     cmd->add_option("--repeats", repeats, "Timed repeats")->capture_default_str();
     cmd->add_option("--warmup", warmup, "Untimed warm-up runs")->capture_default_str();
     cmd->add_flag("--json", as_json, "Print one JSON object on the last line");

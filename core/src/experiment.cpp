@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <set>
 #include <sstream>
 
@@ -352,7 +353,14 @@ ExperimentConfig load_experiment(const std::string& path) {
   Yaml y{path};
   YAML::Node root;
   try {
-    root = YAML::LoadFile(path);
+    std::ifstream in(path, std::ios::binary);
+    XCAM_CHECK(in.good(), "experiment file '{}' cannot be read", path);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t bad = invalid_utf8_at(text);
+    XCAM_CHECK(bad == std::string::npos, "{}:{}: not UTF-8 text (byte {} of the file); save the experiment as UTF-8",
+               path, std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(std::min(bad, text.size())), '\n') + 1,
+               bad + 1);
+    root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     XCAM_THROW("{}:{}: invalid YAML: {}", path, e.mark.line + 1, e.msg);
   }

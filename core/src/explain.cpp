@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "xcam/image.h"
+#include "xcam/strings.h"
 #include "xcam/kernels/dispatch.h"
 #include "explain_impl.h"
 #include "onednn_convs.h"
@@ -36,6 +37,9 @@ std::vector<std::string> read_labels(const std::string& file) {
   XCAM_CHECK(in.good(), "labels file '{}' cannot be read; give a text file with one class name a line", file);
   for (std::string line; std::getline(in, line);) {
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    XCAM_CHECK(invalid_utf8_at(line) == std::string::npos,
+               "labels file '{}' line {} is not UTF-8 text (byte {} of the line); save the file as UTF-8", file,
+               labels.size() + 1, invalid_utf8_at(line) + 1);
     labels.push_back(line);
   }
   while (!labels.empty() && labels.back().empty()) labels.pop_back();  // blank lines at the end

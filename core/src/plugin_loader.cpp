@@ -66,6 +66,43 @@ PluginLibrary::~PluginLibrary() {
   if (handle_ != nullptr) dlclose(handle_);
 }
 
+void check_descriptor(const XcamPluginDescriptor* d, const std::string& file) {
+  const std::string name = name_from_file(file);
+  XCAM_CHECK(d != nullptr, "plugin '{}': {}() returned no descriptor", file, XCAM_PLUGIN_ENTRY_NAME);
+  XCAM_CHECK(d->abi_major != 1,
+             "plugin '{}' refused: it was built for plugin ABI 1.{}, and this xcam speaks ABI {}.{}: prepare() now "
+             "sees whole samples and targets carry a payload (plugins/README.md, \"From ABI 1\"); rebuild the "
+             "plugin against this xcam's plugin.h",
+             file, d->abi_minor, XCAM_PLUGIN_ABI_MAJOR, XCAM_PLUGIN_ABI_MINOR);
+  XCAM_CHECK(d->abi_major == XCAM_PLUGIN_ABI_MAJOR,
+             "plugin '{}' refused: incompatible ABI major version (plugin: {}, host: {}); rebuild the plugin "
+             "against this xcam",
+             file, d->abi_major, XCAM_PLUGIN_ABI_MAJOR);
+  XCAM_CHECK(d->abi_minor <= XCAM_PLUGIN_ABI_MINOR,
+             "plugin '{}' refused: it needs ABI {}.{} but this xcam provides {}.{}; update xcam or rebuild the "
+             "plugin against this one",
+             file, d->abi_major, d->abi_minor, XCAM_PLUGIN_ABI_MAJOR, XCAM_PLUGIN_ABI_MINOR);
+  XCAM_CHECK(d->struct_size >= offsetof(XcamPluginDescriptor, destroy) + sizeof(d->destroy),
+             "plugin '{}' refused: its descriptor is {} bytes, smaller than ABI {}.{} defines; rebuild it", file,
+             d->struct_size, d->abi_major, d->abi_minor);
+  const std::string torch_version = d->torch_version ? one_line(d->torch_version) : "(none)";
+  XCAM_CHECK(torch_version == TORCH_VERSION,
+             "plugin '{}' refused: built against LibTorch {}, this xcam uses LibTorch {}; rebuild the plugin "
+             "with the same LibTorch",
+             file, torch_version, TORCH_VERSION);
+  XCAM_CHECK(d->cxx11_abi == XCAM_CXX11_ABI,
+             "plugin '{}' refused: built with _GLIBCXX_USE_CXX11_ABI={}, this xcam with {}; rebuild the plugin "
+             "with the host's setting",
+             file, d->cxx11_abi, XCAM_CXX11_ABI);
+  const std::string declared = d->name ? one_line(d->name) : "";
+  XCAM_CHECK(declared == name,
+             "plugin '{}' refused: its descriptor names it '{}' but the file name says '{}'; rename the file "
+             "to {}{}{}",
+             file, declared, name, kPrefix, declared, kSuffix);
+  XCAM_CHECK(d->create != nullptr && d->destroy != nullptr, "plugin '{}' refused: create or destroy is null",
+             file);
+}
+
 std::shared_ptr<PluginLibrary> PluginLibrary::open(const std::string& file) {
   const PluginProbe probe = probe_plugin(file);
   if (!probe.loaded) throw Error(probe.message, __FILE__, __LINE__);
@@ -89,39 +126,7 @@ std::shared_ptr<PluginLibrary> PluginLibrary::open_here(const std::string& file)
              "XCAM_DEFINE_PLUGIN (plugins/README.md)",
              file, XCAM_PLUGIN_ENTRY_NAME);
   const XcamPluginDescriptor* d = entry();
-  XCAM_CHECK(d != nullptr, "plugin '{}': {}() returned no descriptor", file, XCAM_PLUGIN_ENTRY_NAME);
-  XCAM_CHECK(d->abi_major != 1,
-             "plugin '{}' refused: it was built for plugin ABI 1.{}, and this xcam speaks ABI {}.{}: prepare() now "
-             "sees whole samples and targets carry a payload (plugins/README.md, \"From ABI 1\"); rebuild the "
-             "plugin against this xcam's plugin.h",
-             file, d->abi_minor, XCAM_PLUGIN_ABI_MAJOR, XCAM_PLUGIN_ABI_MINOR);
-  XCAM_CHECK(d->abi_major == XCAM_PLUGIN_ABI_MAJOR,
-             "plugin '{}' refused: incompatible ABI major version (plugin: {}, host: {}); rebuild the plugin "
-             "against this xcam",
-             file, d->abi_major, XCAM_PLUGIN_ABI_MAJOR);
-  XCAM_CHECK(d->abi_minor <= XCAM_PLUGIN_ABI_MINOR,
-             "plugin '{}' refused: it needs ABI {}.{} but this xcam provides {}.{}; update xcam or rebuild the "
-             "plugin against this one",
-             file, d->abi_major, d->abi_minor, XCAM_PLUGIN_ABI_MAJOR, XCAM_PLUGIN_ABI_MINOR);
-  XCAM_CHECK(d->struct_size >= offsetof(XcamPluginDescriptor, destroy) + sizeof(d->destroy),
-             "plugin '{}' refused: its descriptor is {} bytes, smaller than ABI {}.{} defines; rebuild it", file,
-             d->struct_size, d->abi_major, d->abi_minor);
-  const std::string torch_version = d->torch_version ? d->torch_version : "(none)";
-  XCAM_CHECK(torch_version == TORCH_VERSION,
-             "plugin '{}' refused: built against LibTorch {}, this xcam uses LibTorch {}; rebuild the plugin "
-             "with the same LibTorch",
-             file, torch_version, TORCH_VERSION);
-  XCAM_CHECK(d->cxx11_abi == XCAM_CXX11_ABI,
-             "plugin '{}' refused: built with _GLIBCXX_USE_CXX11_ABI={}, this xcam with {}; rebuild the plugin "
-             "with the host's setting",
-             file, d->cxx11_abi, XCAM_CXX11_ABI);
-  const std::string declared = d->name ? d->name : "";
-  XCAM_CHECK(declared == lib->name_,
-             "plugin '{}' refused: its descriptor names it '{}' but the file name says '{}'; rename the file "
-             "to {}{}{}",
-             file, declared, lib->name_, kPrefix, declared, kSuffix);
-  XCAM_CHECK(d->create != nullptr && d->destroy != nullptr, "plugin '{}' refused: create or destroy is null",
-             file);
+  check_descriptor(d, file);
   lib->desc_ = d;
   return lib;
 }

@@ -184,4 +184,39 @@ TEST(Hardening, LabelsCountMustMatchTheModel) {
   EXPECT_TRUE(csv.find("circle") != std::string::npos || csv.find("square") != std::string::npos) << csv;
 }
 
+// Text from the user's files that holds control characters (found by
+// fuzz/fuzz_config.cpp: a YAML error quoting a raw control byte) keeps the
+// error on one line: they are written as escapes.
+TEST(Hardening, ControlCharactersInInputsKeepErrorsOnOneLine) {
+  TempDir tmp("control-chars");
+  std::ofstream(tmp / "m.jsonl") << "{\"id\": \"a\\nb\", \"image\": \"" << image(0) << "\"}\n"
+                                 << "{\"id\": \"a\\nb\", \"image\": \"" << image(1) << "\"}\n";
+  expect_one_line_error(run_command(explain(tmp / "o", "--manifest " + (tmp / "m.jsonl"))),
+                        "id 'a\\nb' is used twice");
+  std::ofstream(tmp / "bad.yaml") << "model: \"m\\\x01\"\n";
+  expect_one_line_error(run_command(xcam_cmd() + "run " + (tmp / "bad.yaml")), "invalid YAML: unknown escape character: \\x01");
+}
+
+// Text that is not UTF-8 (found by fuzz/fuzz_config.cpp: plugin options with
+// a stray byte escaped as an exception; by hand: a Latin-1 labels file made
+// every record fail after its maps were written). Labels and experiments are
+// refused up front; an image whose file name is not UTF-8 is explained and
+// recorded with U+FFFD in the record.
+TEST(Hardening, TextThatIsNotUtf8) {
+  TempDir tmp("utf8");
+  std::ofstream(tmp / "latin1.txt") << "caf\xe9\nsquare\ntriangle\ncross\n";
+  expect_one_line_error(run_command(explain(tmp / "o", "--labels " + (tmp / "latin1.txt") + " --target 0 " + image(0))),
+                        "labels file '" + (tmp / "latin1.txt") + "' line 1 is not UTF-8 text (byte 4 of the line)");
+  std::ofstream(tmp / "x.yaml") << "model: m.pt\nplugin_options: {k: \"\xf4x\"}\n";
+  expect_one_line_error(run_command(xcam_cmd() + "run " + (tmp / "x.yaml")),
+                        (tmp / "x.yaml") + ":2: not UTF-8 text (byte 34 of the file)");
+  const std::string odd = tmp / "im\xe9ge.png";
+  fs::copy_file(image(0), odd);
+  const auto r = run_command(explain(tmp / "ok", "--size 128 128 " + odd));  // the odd name right after --size
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::ifstream in(tmp / "ok/results.json");
+  const std::string js((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(js.find("im\xef\xbf\xbdge.png"), std::string::npos) << js;  // U+FFFD for the Latin-1 byte
+}
+
 }  // namespace

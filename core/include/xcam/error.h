@@ -9,12 +9,34 @@
 
 namespace xcam {
 
+// `s` with its control characters written as escapes (\n, \t, \xNN): text
+// from a file, a manifest or a plugin cannot break an error message, which
+// is always one line.
+inline std::string one_line(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
 // Default visibility: plugins are built with hidden symbols and their errors
 // must still be caught as xcam::Error by the host.
 class __attribute__((visibility("default"))) Error : public std::runtime_error {
  public:
-  Error(std::string message, const char* file, int line)
-      : std::runtime_error(std::move(message)), file_(file), line_(line) {}
+  // The message is kept on one line (one_line).
+  Error(const std::string& message, const char* file, int line)
+      : std::runtime_error(one_line(message)), file_(file), line_(line) {}
   const char* file() const noexcept { return file_; }
   int line() const noexcept { return line_; }
 

@@ -37,6 +37,11 @@ class PluginLibrary {
   std::string file_, name_;
 };
 
+// The checks of plugin_abi.h on a descriptor that `file` returned: ABI
+// version, size, LibTorch version, C++ ABI, name against the file name,
+// create and destroy set. Throws xcam::Error saying why it is refused.
+void check_descriptor(const XcamPluginDescriptor* d, const std::string& file);
+
 // The verdict on one library, opened and checked in a child process.
 struct PluginProbe {
   bool loaded = false;

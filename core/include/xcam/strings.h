@@ -15,4 +15,8 @@ std::vector<std::string> closest_names(const std::string& wanted, const std::vec
 // a quote or a newline.
 std::string csv_field(const std::string& s);
 
+// The offset of the first byte of `s` that is not well-formed UTF-8
+// (overlong forms and surrogates included), or std::string::npos.
+size_t invalid_utf8_at(const std::string& s);
+
 }  // namespace xcam
