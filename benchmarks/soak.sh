@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Soak benchmark (not a test): one `xcam run` of >= 20,000 maps across
 # methods and layer sets on the bundled shapes CNN, its resident memory
-# sampled every second against the maps written so far. Prints, for each
-# method and layer set, the RSS growth per 1,000 maps (a least-squares slope
-# over the second half of that segment, after its warm-up) and the whole
-# run's RSS; a slope of 1 MiB per 1,000 maps or more within a method is a
-# leak and fails the script.
-# usage: benchmarks/soak.sh [BUILD_DIR] [SAMPLES_PER_RUN (default 1000)] [IO_THREADS (default 2)]
-# Each of the 6 methods x 2 layer sets writes 2 maps per sample: 24,000 maps
-# with the default. Work files go to BUILD_DIR/soak (not committed).
+# sampled 4 times a second against the maps written so far. Memory within a
+# run is a saw-tooth (batches allocate and free); a leak raises its peaks.
+# So for each method and layer set, after the first quarter of its maps
+# (warm-up), the peak RSS of the second quarter is compared with the peak of
+# the last quarter: the difference per 1,000 maps between them is the growth.
+# 1 MiB per 1,000 maps or more within a method fails the script.
+# usage: benchmarks/soak.sh [BUILD_DIR] [SAMPLES (default 2500)] [IO_THREADS (default 2)] [METHODS]
+# 5 methods x 2 layer sets x 2 maps (top2) per sample: 50,000 maps with the
+# default. METHODS (a YAML list) can add the slow ones, e.g.
+# "[gradcam, scorecam]". Work files go to BUILD_DIR/soak (not committed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benchmarks/rss_sampler.sh
 build=$(realpath "${1:-build/${XCAM_PRESET:-cpu-release}}")
-samples=${2:-1000}
+samples=${2:-2500}
 io=${3:-2}
+methods=${4:-[gradcam, gradcam++, xgradcam, layercam, eigencam]}
 xcam=$build/core/xcam
 [ -x "$xcam" ] || { echo "soak: no $xcam; build first (scripts/build.sh)" >&2; exit 1; }
 work=$build/soak
@@ -35,7 +38,7 @@ plugin: cnn
 labels: $root/zoo/models/shapes_labels.txt
 preprocess: {size: [128, 128]}
 layers: [block4, [block3, block4]]
-methods: [gradcam, gradcam++, xgradcam, layercam, eigencam, scorecam]
+methods: $methods
 targets: top2
 inputs: {manifest: $work/samples.jsonl}
 batch_size: 16
@@ -52,7 +55,7 @@ count_per_run() {
      [ -d "$d" ] && printf '%s=%s ' "${d%/}" "$(find "$d" -maxdepth 1 -name '*.npy' | wc -l)"
    done) || true
 }
-sample_rss $pid "$work/rss.tsv" count_per_run
+sample_rss $pid "$work/rss.tsv" count_per_run 0.25
 wait $pid || { tail -5 "$work/soak.log"; exit 1; }
 tail -1 "$work/soak.log"
 
@@ -71,19 +74,26 @@ for rss, counts in rows:
     if len(grown) == 1:
         segments.setdefault(grown[0], []).append((counts[grown[0]], rss, total))
     prev = counts
-def slope(pts):
-    n = len(pts)
-    mx, my = sum(p[0] for p in pts) / n, sum(p[1] for p in pts) / n
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    return 1000.0 * sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else 0.0
-worst, total_maps = 0.0, 0
-print(f"{'method/layers':<28} {'maps':>6} {'RSS MiB (start-end)':>20} {'MiB per 1,000 maps':>19}")
+def growth(pts):
+    """MiB per 1,000 maps between the peaks of the 2nd and the last quarter."""
+    n_maps = pts[-1][0]
+    q2 = [p for p in pts if n_maps * 0.25 <= p[0] < n_maps * 0.5]
+    q4 = [p for p in pts if p[0] >= n_maps * 0.75]
+    if len(q2) < 2 or len(q4) < 2:
+        return float("nan")
+    a, b = max(q2, key=lambda p: p[1]), max(q4, key=lambda p: p[1])
+    return 1000.0 * (b[1] - a[1]) / max(1, b[0] - a[0])
+worst = 0.0
+print(f"{'method/layers':<28} {'maps':>6} {'samples':>7} {'peak RSS MiB q2 / q4':>21} {'MiB per 1,000 maps':>19}")
 for key in sorted(segments, key=lambda k: segments[k][0][2]):
     pts = segments[key]
-    tail = pts[len(pts) // 2:]
-    s = slope(tail) if len(tail) >= 3 else float("nan")
-    worst = max(worst, s) if s == s else worst
-    print(f"{key:<28} {pts[-1][0]:>6} {pts[0][1]:>9.0f} - {pts[-1][1]:<8.0f} {s:>+19.3f}")
+    n_maps = pts[-1][0]
+    g = growth(pts)
+    if g == g:
+        worst = max(worst, g)
+    q2 = max((p[1] for p in pts if n_maps * 0.25 <= p[0] < n_maps * 0.5), default=float("nan"))
+    q4 = max((p[1] for p in pts if p[0] >= n_maps * 0.75), default=float("nan"))
+    print(f"{key:<28} {n_maps:>6} {len(pts):>7} {q2:>10.0f} / {q4:<8.0f} {g:>+19.3f}")
 total_maps = sum(rows[-1][1].values()) if rows else 0
 all_rss = [r[0] for r in rows]
 print(f"whole run: {total_maps} maps, RSS {all_rss[0]:.0f} MiB at start, {max(all_rss):.0f} MiB max, "

@@ -39,10 +39,16 @@ struct Yaml {
     XCAM_THROW("{}:{}: {}", file, n.Mark().is_null() ? 0 : n.Mark().line + 1, msg);
   }
 
+  // A mapping's key as text: keys are plain names, not lists or mappings.
+  std::string key_of(const YAML::Node& key) const {
+    if (!key.IsScalar()) fail(key, "a key must be a plain name, not a list or a mapping");
+    return key.as<std::string>();
+  }
+
   void only_keys(const YAML::Node& map, const std::string& where, const std::vector<std::string>& known) const {
     if (!map.IsMap()) fail(map, fmt::format("'{}' must be a mapping of keys to values", where));
     for (const auto& kv : map) {
-      const auto key = kv.first.as<std::string>();
+      const auto key = key_of(kv.first);
       if (std::find(known.begin(), known.end(), key) != known.end()) continue;
       const auto near = closest_names(key, known, 1);
       fail(kv.first, fmt::format("unknown key '{}' in {}{}; known keys: {}", key, where,
@@ -82,7 +88,7 @@ struct Yaml {
     if (!n.IsMap()) return;
     std::map<std::string, int> line_of;
     for (const auto& kv : n) {
-      const auto key = kv.first.as<std::string>();
+      const auto key = key_of(kv.first);
       const auto [it, fresh] = line_of.emplace(key, kv.first.Mark().line + 1);
       if (!fresh) fail(kv.first, fmt::format("key '{}' is given twice (first on line {}); keep one", key, it->second));
       unique_keys(kv.second);
@@ -98,15 +104,15 @@ struct Yaml {
 // A YAML value as JSON with its type: plain scalars that read as a boolean,
 // an integer, a number or null become one (YAML 1.2's core schema); quoted
 // ones stay strings; sequences and mappings recursively.
-json yaml_to_json(const YAML::Node& n) {
+json yaml_to_json(const Yaml& y, const YAML::Node& n) {
   if (n.IsSequence()) {
     json a = json::array();
-    for (const auto& item : n) a.push_back(yaml_to_json(item));
+    for (const auto& item : n) a.push_back(yaml_to_json(y, item));
     return a;
   }
   if (n.IsMap()) {
     json o = json::object();
-    for (const auto& kv : n) o[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+    for (const auto& kv : n) o[y.key_of(kv.first)] = yaml_to_json(y, kv.second);
     return o;
   }
   if (!n.IsScalar() || n.IsNull()) return nullptr;
@@ -169,7 +175,7 @@ void load_explainer(const Yaml& y, const YAML::Node& root, const std::string& ba
   if (root["plugin_options"]) {
     const auto& po = root["plugin_options"];
     if (!po.IsMap()) y.fail(po, "key 'plugin_options' must be a mapping");
-    e.plugin_options = yaml_to_json(po).dump();
+    e.plugin_options = yaml_to_json(y, po).dump();
   }
   if (root["labels"]) e.labels_file = resolve(base, y.as<std::string>(root["labels"], "labels", "a file path"));
   if (const auto& pre = root["preprocess"]) {
@@ -383,7 +389,7 @@ ExperimentConfig load_experiment(const std::string& path) {
   if (const auto& task = root["task"]) {
     if (!task.IsMap() || !task["name"]) y.fail(task, "key 'task' must be a mapping with the task's 'name'");
     if (c.compare) y.fail(task, "a run has a task or a comparison, not both");
-    c.task = yaml_to_json(task).dump();
+    c.task = yaml_to_json(y, task).dump();
   }
   return c;
 }

@@ -197,6 +197,14 @@ TEST(Hardening, ControlCharactersInInputsKeepErrorsOnOneLine) {
   expect_one_line_error(run_command(xcam_cmd() + "run " + (tmp / "bad.yaml")), "invalid YAML: unknown escape character: \\x01");
 }
 
+// A mapping key that is a list or a mapping (found by fuzz/fuzz_config.cpp:
+// yaml-cpp's conversion error escaped the loader) is one line naming it.
+TEST(Hardening, YamlKeysArePlainNames) {
+  TempDir tmp("yaml-keys");
+  expect_one_line_error(run_command(xcam_cmd() + "run " + yaml(tmp, "plugin_options: {[a, b]: 1}\n")),
+                        "x.yaml:6: a key must be a plain name, not a list or a mapping");
+}
+
 // Text that is not UTF-8 (found by fuzz/fuzz_config.cpp: plugin options with
 // a stray byte escaped as an exception; by hand: a Latin-1 labels file made
 // every record fail after its maps were written). Labels and experiments are
