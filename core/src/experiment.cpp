@@ -42,6 +42,8 @@ struct Yaml {
   // A mapping's key as text: keys are plain names, not lists or mappings.
   std::string key_of(const YAML::Node& key) const {
     if (!key.IsScalar()) fail(key, "a key must be a plain name, not a list or a mapping");
+    if (invalid_utf8_at(key.Scalar()) != std::string::npos)
+      fail(key, "this key does not read as UTF-8 text (control bytes in the file?); save it as plain UTF-8 text");
     return key.as<std::string>();
   }
 
@@ -117,6 +119,10 @@ json yaml_to_json(const Yaml& y, const YAML::Node& n) {
   }
   if (!n.IsScalar() || n.IsNull()) return nullptr;
   const std::string v = n.Scalar();
+  // A file that is UTF-8 can still read as other bytes: control bytes in it
+  // make the YAML reader decode parts of it otherwise.
+  if (invalid_utf8_at(v) != std::string::npos)
+    y.fail(n, "this value does not read as UTF-8 text (control bytes in the file?); save it as plain UTF-8 text");
   if (n.Tag() == "!") return v;  // quoted
   if (v == "true" || v == "True" || v == "TRUE") return true;
   if (v == "false" || v == "False" || v == "FALSE") return false;
