@@ -34,13 +34,13 @@ for name in "${NAMES[@]}"; do
   log=build/fuzz/$name.log
   if "$bin" -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2560 -malloc_limit_mb=2048 \
        -print_final_stats=1 -artifact_prefix="$crashes/" "$work" "fuzz/corpus/$name" >"$log" 2>&1; then
-    verdict="0 crashes"
+    verdict="0 crashes" span="in ${SECONDS_EACH} s"
   else
-    verdict="CRASH: $(ls -t "$crashes" | head -1) (log: $log)"
+    verdict="CRASH: $(ls -t "$crashes" | head -1) (log: $log)" span="before the crash"
     status=1
   fi
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1)
-  echo "fuzz $name: ${runs:-?} executions in ${SECONDS_EACH} s, ${cov:-cov: ?} edges, corpus $(ls "$work" | wc -l) new + $(ls "fuzz/corpus/$name" | wc -l) seeds, $verdict"
+  echo "fuzz $name: ${runs:-?} executions $span, ${cov:-cov: ?} edges, corpus $(ls "$work" | wc -l) new + $(ls "fuzz/corpus/$name" | wc -l) seeds, $verdict"
 done
 exit $status

@@ -3,7 +3,6 @@
 #include "xcam/compare.h"
 
 #include <nlohmann/json.hpp>
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
@@ -154,9 +153,11 @@ cv::Mat grid_tile(const std::string& dir, const std::string& overlay, const std:
   cv::Mat tile;
   if (!overlay.empty()) {
     const std::string path = (fs::path(dir) / overlay).string();
-    const cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
-    XCAM_CHECK(!bgr.empty(), "overlay '{}' could not be read; re-run with --force to write it again", path);
-    cv::cvtColor(bgr, tile, cv::COLOR_BGR2RGB);
+    try {
+      tile = load_rgb(path);
+    } catch (const Error& e) {
+      XCAM_THROW("overlay '{}' could not be read; re-run with --force to write it again ({})", path, e.what());
+    }
   } else if (!npy.empty() && !rgb.empty()) {
     const auto map = read_npy((fs::path(dir) / npy).string());
     XCAM_CHECK(map.shape.size() == 2 && map.shape[0] == rgb.rows && map.shape[1] == rgb.cols && !map.f32.empty(),

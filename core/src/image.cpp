@@ -2,6 +2,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -9,6 +10,34 @@
 #include "xcam/image.h"
 
 namespace xcam {
+
+namespace {
+
+// The formats xcam reads, told by their first bytes as OpenCV's decoders
+// tell them (OpenCV picks a decoder by content, not by name); anything else
+// is refused before OpenCV sees it. The reason is OpenCV's DICOM decoder
+// (GDCM), which aborts the whole process on a malformed file (found by
+// fuzzing) and so would take a batch with it: OpenCV tries it, after the
+// formats below, on any file with "DICM" at byte 128. PNG, JPEG, BMP and TIFF
+// are matched by the same fixed prefix OpenCV checks, so such a file goes to
+// their decoders; WebP and PNM are checked further by OpenCV than here, so
+// for them the DICOM marker is refused too.
+const char* image_format(const unsigned char* b, size_t n) {
+  const auto at = [&](size_t offset, const char* sig, size_t len) {
+    return n >= offset + len && std::memcmp(b + offset, sig, len) == 0;
+  };
+  if (at(0, "\x89PNG\r\n\x1a\n", 8)) return "PNG";
+  if (at(0, "\xff\xd8\xff", 3)) return "JPEG";
+  if (at(0, "BM", 2)) return "BMP";
+  if (at(0, "II*\0", 4) || at(0, "MM\0*", 4)) return "TIFF";
+  if (at(128, "DICM", 4)) return nullptr;
+  if (at(0, "RIFF", 4) && at(8, "WEBPVP8", 7)) return "WebP";
+  if (n >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '7' && (b[2] == ' ' || b[2] == '\t' || b[2] == '\r' || b[2] == '\n'))
+    return "PNM";
+  return nullptr;
+}
+
+}  // namespace
 
 cv::Mat load_rgb(const std::string& path) {
   namespace fs = std::filesystem;
@@ -19,6 +48,12 @@ cv::Mat load_rgb(const std::string& path) {
   XCAM_CHECK(fs::is_regular_file(st), "image '{}' is not a file", path);
   std::ifstream probe(path, std::ios::binary);
   XCAM_CHECK(probe.good(), "image '{}' cannot be read (permissions?)", path);
+  unsigned char head[132] = {};
+  probe.read(reinterpret_cast<char*>(head), sizeof head);
+  XCAM_CHECK(image_format(head, static_cast<size_t>(probe.gcount())) != nullptr,
+             "image '{}' could not be decoded: it is not a PNG, JPEG, BMP, TIFF, WebP or PNM file (by its first "
+             "bytes); convert it to PNG",
+             path);
   cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
   XCAM_CHECK(!bgr.empty(), "image '{}' could not be decoded: corrupt or not an image (PNG, JPEG, BMP, ...)", path);
   cv::Mat rgb;

@@ -232,4 +232,31 @@ TEST(Hardening, TextThatIsNotUtf8) {
   EXPECT_NE(js.find("im\xef\xbf\xbdge.png"), std::string::npos) << js;  // U+FFFD for the Latin-1 byte
 }
 
+// A file OpenCV would hand to its DICOM decoder ("DICM" at byte 128), which
+// aborts the process on a malformed one (found by fuzzing: the input kept in
+// fuzz/regressions/image), is refused before OpenCV sees it: one skipped item.
+TEST(Hardening, ImageFormatsOutsideTheListAreRefusedBeforeDecoding) {
+  TempDir tmp("dicom");
+  fs::create_directories(tmp / "in");
+  fs::copy_file(image(0), tmp / "in/a.png");
+  fs::copy_file(source("fuzz/regressions/image/dicom-marker-aborts-gdcm"), tmp / "in/b.png");
+  std::string dicom(128, '\0');
+  dicom += "DICM";
+  dicom += std::string(64, '\x7f');
+  std::ofstream(tmp / "in/c.dcm", std::ios::binary) << dicom;
+  const auto r =
+      run_command(explain(tmp / "o", (tmp / "in/a.png") + " " + (tmp / "in/b.png") + " " + (tmp / "in/c.dcm")));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("done 1, resumed 0, failed 2"), std::string::npos) << r.output;
+  for (const char* name : {"b.png", "c.dcm"})
+    EXPECT_NE(r.output.find(std::string(name) +
+                            "' could not be decoded: it is not a PNG, JPEG, BMP, TIFF, WebP or PNM file (by its "
+                            "first bytes); convert it to PNG"),
+              std::string::npos)
+        << name << "\n" << r.output;
+  std::ifstream in(tmp / "o/results.json");
+  const std::string js((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(js.find("a.png"), std::string::npos) << js;  // the good image is written
+}
+
 }  // namespace
