@@ -29,6 +29,10 @@
 #include "xcam/kernels/pool.h"
 #include "xcam/kernels/scorecam.h"
 #include "xcam/kernels/weighted_sum.h"
+#include "xcam/render.h"
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
 namespace {
 
@@ -162,6 +166,53 @@ void BM_Overlay(benchmark::State& state) {
   }
   // Read map (float) + image (RGB), write out (RGB); the 768-byte LUT stays in cache.
   set_counters(state, n * static_cast<int64_t>(sizeof(float) + 3 + 3), n);
+}
+
+// PNG encoding of what xcam writes: a heat-map overlay (a smooth map in a
+// colormap over an image with edges), H x W. The fast writer (libdeflate)
+// against OpenCV's encoder at its default setting (zlib level 1, Sub filter),
+// which xcam used before; bytes_per_second is raw RGB bytes encoded, and the
+// `bytes` counter the PNG's size.
+cv::Mat overlay_like(int h, int w) {
+  cv::Mat small(8, 8, CV_32F), map, map8, colored;
+  cv::randu(small, 0.f, 1.f);
+  cv::resize(small, map, cv::Size(w, h), 0, 0, cv::INTER_CUBIC);
+  map.convertTo(map8, CV_8U, 255.0);
+  cv::applyColorMap(map8, colored, cv::COLORMAP_JET);
+  cv::Mat base(h, w, CV_8UC3, cv::Scalar(240, 240, 240));
+  for (int i = 0; i < 6; ++i)
+    cv::circle(base, cv::Point((37 * i + 11) % w, (53 * i + 7) % h), 5 + (i * 13) % (std::min(h, w) / 3 + 1),
+               cv::Scalar(40 * i, 200 - 30 * i, 90), -1, cv::LINE_AA);
+  cv::Mat out;
+  cv::addWeighted(base, 0.5, colored, 0.5, 0.0, out);
+  return out;
+}
+
+void BM_PngFast(benchmark::State& state) {
+  const cv::Mat rgb = overlay_like(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+  size_t bytes = 0;
+  for (auto _ : state) {
+    const std::string png = xcam::encode_png_fast(rgb);
+    bytes = png.size();
+    benchmark::DoNotOptimize(png.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * rgb.rows * rgb.cols * 3);
+  state.counters["bytes"] = static_cast<double>(bytes);
+}
+
+void BM_PngOpenCv(benchmark::State& state) {
+  const cv::Mat rgb = overlay_like(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+  size_t bytes = 0;
+  std::vector<uint8_t> buf;
+  for (auto _ : state) {
+    cv::Mat bgr;
+    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);  // as write_png did
+    cv::imencode(".png", bgr, buf);
+    bytes = buf.size();
+    benchmark::DoNotOptimize(buf.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * rgb.rows * rgb.cols * 3);
+  state.counters["bytes"] = static_cast<double>(bytes);
 }
 
 // ---------------------------------------------------------------------------
@@ -476,6 +527,9 @@ BENCHMARK(BM_GradCamFused)->Apply(cam_grid);
 BENCHMARK(BM_GradCamAtenChain)->Apply(cam_grid);
 BENCHMARK(BM_Memcpy)->Apply(cam_grid);
 BENCHMARK(BM_Overlay)->ArgNames({"side"})->Arg(224)->Arg(1024)->UseRealTime()->Unit(benchmark::kMicrosecond);
+// An overlay as the demo writes it, and a panel of the demo (one sample).
+BENCHMARK(BM_PngFast)->ArgNames({"h", "w"})->Args({128, 128})->Args({316, 520})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_PngOpenCv)->ArgNames({"h", "w"})->Args({128, 128})->Args({316, 520})->Unit(benchmark::kMicrosecond);
 
 // B x K x hw x hw reductions: B in {1, 16}, K in {512, 2048}, hw in {7, 56};
 // the ops with three methods only at K = 2048 (the run stays near 2 minutes).

@@ -103,6 +103,11 @@ std::string torch_summary() {
   s += fmt::format("LibTorch: {} (_GLIBCXX_USE_CXX11_ABI={})\n", TORCH_VERSION, _GLIBCXX_USE_CXX11_ABI);
   s += fmt::format("threads: {} intra-op (LibTorch), {} cores\n", at::get_num_threads(),
                    std::max(1u, std::thread::hardware_concurrency()));
+  // What libgomp read when it was loaded (docs/results.md, "End to end").
+  std::string wait;
+  for (const char* var : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"})
+    if (const char* v = std::getenv(var)) wait += fmt::format("{}{}={}", wait.empty() ? "" : " ", var, v);
+  s += fmt::format("OpenMP wait: {}\n", wait.empty() ? "libgomp's default (idle threads spin after each region)" : wait);
   s += fmt::format("oneDNN for perturbed forwards: {}\n", onednn::available() ? "yes" : "no (built without it)");
   s += fmt::format("CUDA: {}\n", torch::cuda::is_available()
                                      ? fmt::format("{} device(s)", torch::cuda::device_count())

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include <random>
@@ -67,6 +68,38 @@ TEST(Render, MapResizeMatchesOpenCvInterLinear) {
   double err = 0;
   for (int i = 0; i < 100 * 75; ++i) err = std::max(err, double(std::abs(out[i] - ref.at<float>(i / 75, i % 75))));
   EXPECT_LT(err, 1e-4);
+}
+
+// The fast PNG writer: decoded by OpenCV's own PNG decoder (libpng, which
+// checks every CRC and the zlib stream) to exactly the pixels written, for
+// noise (the worst case for deflate), flat and gradient images, one-pixel
+// and odd sizes, and a view into a larger image (rows not contiguous).
+TEST(Render, FastPngDecodesToThePixelsWritten) {
+  std::vector<cv::Mat> images;
+  for (const auto& hw : std::vector<std::pair<int, int>>{{1, 1}, {1, 97}, {61, 1}, {37, 53}, {128, 128}, {316, 520}}) {
+    cv::Mat noise(hw.first, hw.second, CV_8UC3);
+    cv::randu(noise, cv::Scalar::all(0), cv::Scalar::all(256));
+    images.push_back(noise);
+  }
+  images.emplace_back(50, 70, CV_8UC3, cv::Scalar(10, 200, 255));
+  cv::Mat ramp(64, 300, CV_8UC3);
+  for (int y = 0; y < ramp.rows; ++y)
+    for (int x = 0; x < ramp.cols; ++x) ramp.at<cv::Vec3b>(y, x) = cv::Vec3b(x & 255, (x + y) & 255, (3 * y) & 255);
+  images.push_back(ramp);
+  images.push_back(ramp(cv::Rect(7, 5, 101, 33)));  // a view: its rows are not contiguous
+  for (const auto& rgb : images) {
+    const std::string png = xcam::encode_png_fast(rgb);
+    const cv::Mat bgr = cv::imdecode(std::vector<uint8_t>(png.begin(), png.end()), cv::IMREAD_UNCHANGED);
+    ASSERT_EQ(bgr.type(), CV_8UC3) << rgb.rows << " x " << rgb.cols;
+    cv::Mat back;
+    cv::cvtColor(bgr, back, cv::COLOR_BGR2RGB);
+    ASSERT_EQ(back.size(), rgb.size());
+    EXPECT_EQ(cv::norm(back, rgb, cv::NORM_INF), 0.0) << rgb.rows << " x " << rgb.cols;
+  }
+  // Smooth content compresses: the ramp to well under its 57,600 raw bytes.
+  EXPECT_LT(xcam::encode_png_fast(ramp).size(), 57600u / 4);
+  cv::Mat gray(4, 4, CV_8UC1, cv::Scalar(3));
+  EXPECT_THROW(xcam::encode_png_fast(gray), xcam::Error);
 }
 
 TEST(Metrics, PointingGameToleranceScalesWithSmallImages) {

@@ -47,9 +47,14 @@ cv::Mat render_grid(const std::string& title, const std::vector<std::string>& co
                     int min_tile = 128);
 
 // Writes an RGB image as PNG, atomically. Throws xcam::Error naming the file.
-// level -1: OpenCV's fast default (zlib level 1, the Sub filter on every
-// row); 0..9: that zlib level with adaptive filters, smaller files for more
-// time (docs/results.md measures the trade-off).
+// level -1 (fast, the default): encode_png_fast; 0..9: OpenCV's encoder at
+// that zlib level with adaptive filters, smaller files for more time
+// (docs/results.md measures the trade-off).
 void write_png(const std::string& path, const cv::Mat& rgb, int level = -1);
+
+// The bytes of a PNG of an 8-bit RGB image: the Sub filter on every row,
+// deflated by libdeflate at level 1 (3-4x faster than OpenCV's encoder at
+// its fast setting, and smaller: bench_kernels BM_Png*).
+std::string encode_png_fast(const cv::Mat& rgb);
 
 }  // namespace xcam
