@@ -15,22 +15,10 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-$repo_root/.venv-pgc}"
 
 # The Debian packages pgc imports, installed when missing.
-missing=()
-for p in python3-torch python3-torchvision python3-opencv python3-scipy python3-sklearn python3-tqdm \
-         python3-matplotlib python3-venv; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    echo "setup_pgc_venv: installing ${missing[*]}"
-    SUDO=""
-    [[ "$(id -u)" -eq 0 ]] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-if [[ ! -x "$venv/bin/python" ]]; then
-    /usr/bin/python3 -m venv --system-site-packages "$venv"
-fi
+. "$repo_root/zoo/venv_common.sh"
+apt_install_missing setup_pgc_venv python3-torch python3-torchvision python3-opencv python3-scipy python3-sklearn python3-tqdm \
+         python3-matplotlib python3-venv
+make_venv "$venv"
 
 installed="$("$venv/bin/python" -m pip show grad-cam 2>/dev/null | sed -n 's/^Version: //p' || true)"
 if [[ "$installed" != "$GRAD_CAM_VERSION" ]] || ! "$venv/bin/python" -c 'import ttach' 2>/dev/null; then

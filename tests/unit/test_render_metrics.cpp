@@ -7,6 +7,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <random>
 
 #include "../common.h"
@@ -100,6 +101,90 @@ TEST(Render, FastPngDecodesToThePixelsWritten) {
   EXPECT_LT(xcam::encode_png_fast(ramp).size(), 57600u / 4);
   cv::Mat gray(4, 4, CV_8UC1, cv::Scalar(3));
   EXPECT_THROW(xcam::encode_png_fast(gray), xcam::Error);
+}
+
+// Re-ID retrieval scores against a float64 reference written another way:
+// each kept gallery entry's rank counted (closer entries, and equal ones
+// earlier in the gallery) instead of sorted.
+struct ReferenceRetrieval {
+  double mAP = 0, mINP = 0;
+  std::vector<double> cmc;
+  size_t valid = 0;
+};
+
+ReferenceRetrieval reference_retrieval(const std::vector<double>& d, const std::vector<int64_t>& qp,
+                                       const std::vector<int64_t>& qc, const std::vector<int64_t>& gp,
+                                       const std::vector<int64_t>& gc, size_t max_rank) {
+  const size_t nq = qp.size(), ng = gp.size(), cut = std::min(max_rank, ng);
+  ReferenceRetrieval r;
+  r.cmc.assign(cut, 0.0);
+  const auto kept = [&](size_t q, size_t j) { return gp[j] != -1 && !(gp[j] == qp[q] && gc[j] == qc[q]); };
+  for (size_t q = 0; q < nq; ++q) {
+    std::vector<size_t> positions;  // rank (0-based, among kept entries) of each match
+    for (size_t j = 0; j < ng; ++j) {
+      if (!kept(q, j) || gp[j] != qp[q]) continue;
+      size_t pos = 0;
+      for (size_t i = 0; i < ng; ++i)
+        if (kept(q, i) && (d[q * ng + i] < d[q * ng + j] || (d[q * ng + i] == d[q * ng + j] && i < j))) ++pos;
+      positions.push_back(pos);
+    }
+    if (positions.empty()) continue;
+    std::sort(positions.begin(), positions.end());
+    double ap = 0;
+    for (size_t m = 0; m < positions.size(); ++m) ap += double(m + 1) / double(positions[m] + 1);
+    r.mAP += ap / double(positions.size());
+    r.mINP += double(positions.size()) / double(positions.back() + 1);
+    for (size_t k = 0; k < cut; ++k) r.cmc[k] += positions.front() <= k ? 1.0 : 0.0;
+    ++r.valid;
+  }
+  r.mAP /= double(r.valid);
+  r.mINP /= double(r.valid);
+  for (auto& c : r.cmc) c /= double(r.valid);
+  return r;
+}
+
+TEST(Metrics, RetrievalScoresMatchAFloat64Reference) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 20; ++trial) {
+    const size_t nq = 5 + rng() % 20, ng = 10 + rng() % 80;
+    std::vector<int64_t> qp(nq), qc(nq), gp(ng), gc(ng);
+    for (auto& p : qp) p = 1 + static_cast<int64_t>(rng() % 8);
+    for (auto& c : qc) c = 1 + static_cast<int64_t>(rng() % 3);
+    for (size_t j = 0; j < ng; ++j) {
+      const int kind = static_cast<int>(rng() % 10);
+      gp[j] = kind == 0 ? -1 : kind == 1 ? 0 : 1 + static_cast<int64_t>(rng() % 8);  // junk, distractor, identity
+      gc[j] = 1 + static_cast<int64_t>(rng() % 3);
+    }
+    // Identity 9 only on the query's own camera: a query with no valid match.
+    qp[0] = 9;
+    qc[0] = 1;
+    gp[0] = 9;
+    gc[0] = 1;
+    std::vector<double> d(nq * ng);
+    for (auto& v : d) v = static_cast<double>(rng() % 12) * 0.25;  // few values: many ties
+    const size_t max_rank = trial % 2 ? 50 : 5;
+    const auto got = xcam::retrieval_scores(d, qp, qc, gp, gc, max_rank);
+    const auto want = reference_retrieval(d, qp, qc, gp, gc, max_rank);
+    ASSERT_GT(want.valid, 0u);
+    EXPECT_EQ(got.valid_queries, want.valid);
+    EXPECT_EQ(got.valid_queries + got.skipped_queries, nq);
+    EXPECT_GE(got.skipped_queries, 1u);
+    EXPECT_NEAR(got.mAP, want.mAP, 1e-12) << "trial " << trial;
+    EXPECT_NEAR(got.mINP, want.mINP, 1e-12) << "trial " << trial;
+    ASSERT_EQ(got.cmc.size(), want.cmc.size());
+    for (size_t k = 0; k < want.cmc.size(); ++k) EXPECT_NEAR(got.cmc[k], want.cmc[k], 1e-12) << "rank " << k + 1;
+  }
+  // By hand: kept order wrong, match, distractor, match (a junk entry and a
+  // same-camera match in between are dropped): AP = (1/2 + 2/4) / 2, INP = 2/4.
+  const std::vector<double> d = {0.1, 0.2, 0.25, 0.3, 0.35, 0.4};
+  const auto r = xcam::retrieval_scores(d, {5}, {1}, {7, 5, -1, 0, 5, 5}, {2, 2, 2, 3, 1, 3}, 50);
+  EXPECT_DOUBLE_EQ(r.mAP, 0.5);
+  EXPECT_DOUBLE_EQ(r.mINP, 0.5);
+  EXPECT_DOUBLE_EQ(r.rank(1), 0.0);
+  EXPECT_DOUBLE_EQ(r.rank(2), 1.0);
+  EXPECT_DOUBLE_EQ(r.rank(10), 1.0);
+  EXPECT_THROW(xcam::retrieval_scores({0.1}, {5}, {1}, {5}, {1}), xcam::Error);  // only a same-camera match
+  EXPECT_THROW(xcam::retrieval_scores({0.1, 0.2}, {5}, {1}, {5}, {2}), xcam::Error);  // sizes disagree
 }
 
 TEST(Metrics, PointingGameToleranceScalesWithSmallImages) {
