@@ -226,6 +226,8 @@ void put_chunk(std::string& out, const char* type, const uint8_t* data, size_t s
   put_u32(out, libdeflate_crc32(0, out.data() + start, size + 4));
 }
 
+constexpr size_t kKeepBytes = size_t{16} << 20;
+
 struct Compressor {
   libdeflate_compressor* c = libdeflate_alloc_compressor(1);
   ~Compressor() { libdeflate_free_compressor(c); }
@@ -265,8 +267,13 @@ std::string encode_png_fast(const cv::Mat& rgb) {
   ihdr[9] = 2;   // RGB; compression, filter method and interlace stay 0
   png.reserve(8 + 25 + n + 12 + 12);
   put_chunk(png, "IHDR", ihdr, sizeof ihdr);
-  put_chunk(png, "IDAT", packed.data(), n);
+  constexpr size_t kMaxChunk = size_t{1} << 30;  // a chunk's length must stay below 2^31
+  for (size_t at = 0; at < n; at += kMaxChunk) put_chunk(png, "IDAT", packed.data() + at, std::min(kMaxChunk, n - at));
   put_chunk(png, "IEND", nullptr, 0);
+  // The buffers stay with the writer thread for the next image; not a large
+  // image's, which would keep its size resident for the rest of the run.
+  if (raw.capacity() > kKeepBytes) std::vector<uint8_t>().swap(raw);
+  if (packed.capacity() > kKeepBytes) std::vector<uint8_t>().swap(packed);
   return png;
 }
 
