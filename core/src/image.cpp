@@ -54,7 +54,12 @@ cv::Mat load_rgb(const std::string& path) {
              "image '{}' could not be decoded: it is not a PNG, JPEG, BMP, TIFF, WebP or PNM file (by its first "
              "bytes); convert it to PNG",
              path);
-  cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
+  cv::Mat bgr;
+  try {
+    bgr = cv::imread(path, cv::IMREAD_COLOR);
+  } catch (const cv::Exception& e) {  // OpenCV 4.6 checks a header's size outside its own catch (found by fuzzing)
+    XCAM_THROW("image '{}' could not be decoded: OpenCV refused its header ({})", path, e.err);
+  }
   XCAM_CHECK(!bgr.empty(), "image '{}' could not be decoded: corrupt or not an image (PNG, JPEG, BMP, ...)", path);
   cv::Mat rgb;
   cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);

@@ -234,20 +234,26 @@ TEST(Hardening, TextThatIsNotUtf8) {
 
 // A file OpenCV would hand to its DICOM decoder ("DICM" at byte 128), which
 // aborts the process on a malformed one (found by fuzzing: the input kept in
-// fuzz/regressions/image), is refused before OpenCV sees it: one skipped item.
+// fuzz/regressions/image), is refused before OpenCV sees it: one skipped item;
+// so is a header OpenCV throws on.
 TEST(Hardening, ImageFormatsOutsideTheListAreRefusedBeforeDecoding) {
   TempDir tmp("dicom");
   fs::create_directories(tmp / "in");
   fs::copy_file(image(0), tmp / "in/a.png");
   fs::copy_file(source("fuzz/regressions/image/dicom-marker-aborts-gdcm"), tmp / "in/b.png");
+  // A BMP whose header gives a width past OpenCV's limit: OpenCV throws
+  // from inside imread (found by fuzzing too).
+  fs::copy_file(source("fuzz/regressions/image/bmp-width-beyond-opencv-limit"), tmp / "in/d.bmp");
   std::string dicom(128, '\0');
   dicom += "DICM";
   dicom += std::string(64, '\x7f');
   std::ofstream(tmp / "in/c.dcm", std::ios::binary) << dicom;
-  const auto r =
-      run_command(explain(tmp / "o", (tmp / "in/a.png") + " " + (tmp / "in/b.png") + " " + (tmp / "in/c.dcm")));
+  const auto r = run_command(explain(tmp / "o", (tmp / "in/a.png") + " " + (tmp / "in/b.png") + " " +
+                                                   (tmp / "in/c.dcm") + " " + (tmp / "in/d.bmp")));
   EXPECT_EQ(r.status, 1) << r.output;
-  EXPECT_NE(r.output.find("done 1, resumed 0, failed 2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("done 1, resumed 0, failed 3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("d.bmp' could not be decoded: OpenCV refused its header ("), std::string::npos)
+      << r.output;
   for (const char* name : {"b.png", "c.dcm"})
     EXPECT_NE(r.output.find(std::string(name) +
                             "' could not be decoded: it is not a PNG, JPEG, BMP, TIFF, WebP or PNM file (by its "
