@@ -20,6 +20,13 @@ cmake --build --preset fuzz
 # The harnesses link LibTorch (through libxcam), which is not instrumented:
 # its allocations living until exit are not leaks of ours.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:halt_on_error=1}
+# OpenCV allocates what a forged header claims, up to 2^30 pixels (3 GB),
+# past libFuzzer's malloc limit; 100 megapixels keep its refusals in reach.
+export OPENCV_IO_MAX_IMAGE_PIXELS=${OPENCV_IO_MAX_IMAGE_PIXELS:-100000000}
+# XCAM_FUZZ_SEED fixes libFuzzer's seed (CI does, so that its short run
+# tries the same inputs each time); unset, every run explores anew.
+seed=()
+[ -z "${XCAM_FUZZ_SEED:-}" ] || seed=(-seed="$XCAM_FUZZ_SEED")
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 status=0
 for name in "${NAMES[@]}"; do
@@ -32,7 +39,7 @@ for name in "${NAMES[@]}"; do
       { echo "fuzz $name: a kept regression input fails again (build/fuzz/$name-regressions.log)"; status=1; continue; }
   fi
   log=build/fuzz/$name.log
-  if "$bin" -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2560 -malloc_limit_mb=2048 \
+  if "$bin" "${seed[@]}" -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2560 -malloc_limit_mb=2048 \
        -print_final_stats=1 -artifact_prefix="$crashes/" "$work" "fuzz/corpus/$name" >"$log" 2>&1; then
     verdict="0 crashes" span="in ${SECONDS_EACH} s"
   else
