@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -18,9 +19,8 @@ namespace xcam::fuzz {
 inline const std::string& scratch_dir() {
   static const std::string dir = [] {
     const char* tmp = std::getenv("TMPDIR");
-    std::string d = std::string(tmp && *tmp ? tmp : "/tmp") + "/xcam-fuzz-" + std::to_string(::getpid());
-    std::string cmd = "mkdir -p '" + d + "'";
-    if (std::system(cmd.c_str()) != 0) std::abort();
+    const std::string d = std::string(tmp && *tmp ? tmp : "/tmp") + "/xcam-fuzz-" + std::to_string(::getpid());
+    std::filesystem::create_directories(d);  // throws, ending the run, if it cannot
     return d;
   }();
   return dir;

@@ -17,6 +17,7 @@
 #include "xcam/io.h"
 #include "xcam/render.h"
 #include "xcam/strings.h"
+#include "json_text.h"
 
 namespace xcam {
 
@@ -231,7 +232,7 @@ void write_comparison(const std::string& dir, const std::vector<CompareRow>& row
     csv << '\n';
     j["rows"].push_back(std::move(row));
   }
-  write_file_atomic((fs::path(dir) / "compare.json").string(), j.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+  write_file_atomic((fs::path(dir) / "compare.json").string(), json_text(j, 2) + "\n");
   write_file_atomic((fs::path(dir) / "compare.csv").string(), csv.str());
 }
 

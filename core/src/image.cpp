@@ -22,19 +22,19 @@ namespace {
 // are matched by the same fixed prefix OpenCV checks, so such a file goes to
 // their decoders; WebP and PNM are checked further by OpenCV than here, so
 // for them the DICOM marker is refused too.
-const char* image_format(const unsigned char* b, size_t n) {
+bool known_image_format(const unsigned char* b, size_t n) {
   const auto at = [&](size_t offset, const char* sig, size_t len) {
     return n >= offset + len && std::memcmp(b + offset, sig, len) == 0;
   };
-  if (at(0, "\x89PNG\r\n\x1a\n", 8)) return "PNG";
-  if (at(0, "\xff\xd8\xff", 3)) return "JPEG";
-  if (at(0, "BM", 2)) return "BMP";
-  if (at(0, "II*\0", 4) || at(0, "MM\0*", 4)) return "TIFF";
-  if (at(128, "DICM", 4)) return nullptr;
-  if (at(0, "RIFF", 4) && at(8, "WEBPVP8", 7)) return "WebP";
+  if (at(0, "\x89PNG\r\n\x1a\n", 8)) return true;
+  if (at(0, "\xff\xd8\xff", 3)) return true;
+  if (at(0, "BM", 2)) return true;
+  if (at(0, "II*\0", 4) || at(0, "MM\0*", 4)) return true;
+  if (at(128, "DICM", 4)) return false;
+  if (at(0, "RIFF", 4) && at(8, "WEBPVP8", 7)) return true;
   if (n >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '7' && (b[2] == ' ' || b[2] == '\t' || b[2] == '\r' || b[2] == '\n'))
-    return "PNM";
-  return nullptr;
+    return true;
+  return false;
 }
 
 }  // namespace
@@ -50,7 +50,7 @@ cv::Mat load_rgb(const std::string& path) {
   XCAM_CHECK(probe.good(), "image '{}' cannot be read (permissions?)", path);
   unsigned char head[132] = {};
   probe.read(reinterpret_cast<char*>(head), sizeof head);
-  XCAM_CHECK(image_format(head, static_cast<size_t>(probe.gcount())) != nullptr,
+  XCAM_CHECK(known_image_format(head, static_cast<size_t>(probe.gcount())),
              "image '{}' could not be decoded: it is not a PNG, JPEG, BMP, TIFF, WebP or PNM file (by its first "
              "bytes); convert it to PNG",
              path);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <numeric>
 
 #include "xcam/error.h"
 
@@ -125,7 +126,7 @@ RetrievalScores retrieval_scores(const std::vector<double>& dist, const std::vec
   std::vector<uint8_t> match;
   for (size_t q = 0; q < nq; ++q) {
     const double* row = dist.data() + q * ng;
-    for (size_t j = 0; j < ng; ++j) order[j] = j;
+    std::iota(order.begin(), order.end(), size_t{0});
     std::stable_sort(order.begin(), order.end(), [row](size_t a, size_t b) { return row[a] < row[b]; });
     match.clear();
     for (const size_t j : order) {

@@ -31,6 +31,7 @@
 #include "xcam/io.h"
 #include "xcam/render.h"
 #include "xcam/strings.h"
+#include "json_text.h"
 
 namespace xcam {
 
@@ -154,9 +155,7 @@ void write_results(const std::string& dir, const std::vector<ItemRecord>& record
         << opt_num(r.insertion) << ',' << opt_num(r.drop) << ',' << opt_bool(r.increase) << ','
         << csv_field(fmt::format("{}", fmt::join(r.warnings, "; "))) << '\n';
   }
-  // JSON holds UTF-8 only: a file name with other bytes (any bytes are legal
-  // in Linux names) is recorded with U+FFFD in their place, never lost.
-  write_file_atomic(file.string(), all.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+  write_file_atomic(file.string(), json_text(all, 2) + "\n");
   write_file_atomic((fs::path(dir) / "results.csv").string(), csv.str());
 }
 
@@ -164,7 +163,7 @@ void write_summary(const std::string& dir, const RunSummary& s, int threads, int
   const json j{{"done", s.done},         {"resumed", s.skipped},   {"failed", s.failed},
                {"maps", s.maps},         {"seconds", s.seconds},   {"maps_per_second", s.maps_per_second()},
                {"threads", threads},     {"io_threads", io_threads}, {"metrics", s.metrics}};
-  write_file_atomic((fs::path(dir) / "summary.json").string(), j.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+  write_file_atomic((fs::path(dir) / "summary.json").string(), json_text(j, 2) + "\n");
 }
 
 std::string method_label(const ExplainerOptions& o) {
@@ -615,7 +614,7 @@ struct Writer {
       json rs = json::array();
       for (const auto& r : o.records) rs.push_back(to_json(r));
       const json j{{"input", item.path}, {"digest", item.digest}, {"records", rs}};
-      write_file_atomic((item_dir / (item.id + ".json")).string(), j.dump(1, ' ', false, json::error_handler_t::replace));
+      write_file_atomic((item_dir / (item.id + ".json")).string(), json_text(j, 1));
     } catch (const std::exception& e) {
       o.error = e.what();
     }
@@ -915,7 +914,7 @@ void run_task_and_write(Explainer& ex, const std::string& task_json, const std::
     summary.metrics[k] = v;
   }
   write_file_atomic((fs::path(out.dir) / "task.json").string(),
-                    json{{"task", json::parse(task_json)}, {"metrics", metrics}}.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+                    json_text(json{{"task", json::parse(task_json)}, {"metrics", metrics}}, 2) + "\n");
 }
 
 }  // namespace xcam

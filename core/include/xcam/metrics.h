@@ -58,7 +58,8 @@ struct RetrievalScores {
   std::vector<double> cmc;      // cmc[k]: share of valid queries with a match within the first k + 1
   size_t valid_queries = 0;     // queries with at least one match left after the exclusions
   size_t skipped_queries = 0;   // queries with none (not counted in the means)
-  double rank(size_t k) const { return cmc.empty() ? 0.0 : cmc[std::min(k, cmc.size()) - 1]; }  // Rank-k, k >= 1
+  // Rank-k (k from 1; past the cut, the last entry)
+  double rank(size_t k) const { return cmc.empty() ? 0.0 : cmc[std::min(std::max<size_t>(k, 1), cmc.size()) - 1]; }
 };
 
 // `dist` is queries x gallery, row-major (smaller is closer). For each query
