@@ -54,5 +54,7 @@ check core/src/methods.cpp
 check core/src/views.cpp
 check -DXCAM_WITH_ONEDNN core/src/onednn_convs.cpp
 check plugins/cnn/cnn_plugin.cpp
+check plugins/reid/reid_plugin.cpp
+check plugins/reid/reid_task.cpp
 [ $status -eq 0 ] && echo "check_torch2: torch $VERSION: all translation units compile"
 exit $status

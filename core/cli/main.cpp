@@ -1,5 +1,6 @@
 // The xcam command-line tool: explain, run, compare, layers, plugins, bench, doctor.
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -14,6 +15,7 @@
 #include "xcam/error.h"
 #include "xcam/experiment.h"
 #include "xcam/explainer.h"
+#include "xcam/image.h"
 #include "xcam/inspect.h"
 #include "xcam/plugin_loader.h"
 #include "xcam/render.h"
@@ -167,6 +169,7 @@ struct ExplainCommand {
   bool panel = false;
   std::string target = "top1";
   std::string manifest;
+  std::string task;
   int io_threads = 2;
 
   void add(CLI::App& app) {
@@ -199,6 +202,9 @@ struct ExplainCommand {
     cmd->add_option("--manifest", manifest,
                         "Samples as JSON Lines: image (or text alone), and optionally id, images (other named "
                         "images), text, targets, any other key as metadata (docs/yaml.md)");
+    cmd->add_option("--task", task,
+                    "Run the plugin's dataset task over the inputs instead, as a JSON object with its name "
+                    "(the YAML `task:` block; docs/yaml.md, \"Tasks\")");
     cmd->add_option("images", images, "Image files");
   }
 
@@ -217,6 +223,22 @@ struct ExplainCommand {
     const auto samples = manifest.empty() ? xcam::samples_of(images) : xcam::read_manifest(manifest);
     xcam::RunOptions run_opt;
     run_opt.io_threads = io_threads;
+    if (!task.empty()) {
+      nlohmann::json t;
+      try {
+        t = nlohmann::json::parse(task);
+      } catch (const std::exception& e) {
+        XCAM_THROW("--task is not JSON ({}); give an object such as '{{\"name\": \"evaluate\", ...}}'", e.what());
+      }
+      XCAM_CHECK(t.is_object() && t.contains("name") && t["name"].is_string(),
+                 "--task must be a JSON object with the task's \"name\", got {}", task);
+      XCAM_CHECK(boxes_file.empty(), "--boxes scores maps with the pointing game; a task scores its own");
+      xcam::run_task_and_write(ex, t.dump(), samples, eo.targets, out, records, summary);
+      xcam::write_results(out.dir, records);
+      xcam::write_summary(out.dir, summary, fe.common.threads, io_threads);
+      xcam::print_summary(summary);
+      return summary.failed > 0 ? 1 : 0;
+    }
     xcam::explain_and_write(ex, samples, std::max(1, batch), eo.targets, boxes_file.empty() ? nullptr : &boxes, out,
                             records, summary, run_opt, "explain");
     xcam::write_results(out.dir, records);
@@ -456,6 +478,7 @@ struct BenchCommand {
   bool as_json = false;
   bool no_optimize = false;
   bool no_winograd = false;
+  bool pair = false;
   std::string e2e_config;
   int io_threads = 2;
 
@@ -482,6 +505,64 @@ struct BenchCommand {
     cmd->add_option("--repeats", repeats, "Timed repeats")->capture_default_str();
     cmd->add_option("--warmup", warmup, "Untimed warm-up runs")->capture_default_str();
     cmd->add_flag("--json", as_json, "Print one JSON object on the last line");
+    cmd->add_flag("--pair", pair,
+                  "Each sample has a \"reference\" image (a re-ID pair): time its maps against one forward of the "
+                  "queries plus one of the references");
+  }
+
+  // --pair: B random query images, each with a random reference, at the
+  // input size; the baseline is a plain forward of the queries and one of
+  // the references, the explanation takes the whole samples (preprocessing
+  // included).
+  int run_pair(xcam::Explainer& ex) {
+    const auto& pre = ex.preprocess();
+    cv::RNG rng(0);
+    std::vector<xcam::SampleInput> samples;
+    std::vector<float> q, r;
+    for (int i = 0; i < bbatch; ++i) {
+      xcam::SampleInput s;
+      s.id = "pair" + std::to_string(i);
+      s.image.create(pre.height, pre.width, CV_8UC3);
+      rng.fill(s.image, cv::RNG::UNIFORM, 0, 256);
+      cv::Mat ref(pre.height, pre.width, CV_8UC3);
+      rng.fill(ref, cv::RNG::UNIFORM, 0, 256);
+      xcam::preprocess_into(s.image, pre, q);
+      xcam::preprocess_into(ref, pre, r);
+      s.images["reference"] = ref;
+      samples.push_back(std::move(s));
+    }
+    std::vector<double> base, total, ratios, f, b, c;  // the ratio: of each repeat's pair of timings
+    size_t maps = 0;
+    for (int i = 0; i < warmup + repeats; ++i) {
+      xcam::StageTimes tq, tr, t;
+      ex.forward_only(q, bbatch, &tq);
+      ex.forward_only(r, bbatch, &tr);
+      const auto start = std::chrono::steady_clock::now();
+      maps = ex.explain(samples, &t).size();
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      if (i < warmup) continue;
+      base.push_back(tq.forward_ms + tr.forward_ms);
+      total.push_back(ms);
+      ratios.push_back(ms / base.back());
+      f.push_back(t.forward_ms);
+      b.push_back(t.backward_ms);
+      c.push_back(t.cam_ms);
+    }
+    const double mb = median(base), mt = median(total), ratio = median(ratios);
+    if (!as_json) {
+      std::cout << fmt::format("model {}  layer {}  method {}  pairs {}  input {}x{}  threads {}  repeats {}\n",
+                               bo.model, fmt::join(ex.layers(), "+"), bo.method, bbatch, pre.height, pre.width,
+                               cb.threads, repeats);
+      std::cout << fmt::format("forward of the queries + of the references {:9.2f} ms\n", mb);
+      std::cout << fmt::format("similarity maps ({} maps, one pass)    {:9.2f} ms   ratio {:.3f}\n", maps, mt,
+                               ratio);
+      std::cout << fmt::format("  tapped forward  {:9.2f} ms\n  gradients       {:9.2f} ms\n  map kernels     {:9.2f} ms\n",
+                               median(f), median(b), median(c));
+    }
+    std::cout << fmt::format("{{\"two_forwards_ms\": {:.4f}, \"explain_ms\": {:.4f}, \"ratio\": {:.4f}, \"maps\": {}, "
+                             "\"pairs\": {}, \"threads\": {}}}\n",
+                             mb, mt, ratio, maps, bbatch, cb.threads);
+    return 0;
   }
 
   // Maps/s of one run of `cfg` (forced, warmed up), in a folder of its own
@@ -499,13 +580,68 @@ struct BenchCommand {
     return s.maps_per_second();
   }
 
+  // A task that reports how long its embedding forwards took (metrics
+  // embedding_ms, embedded_images, embedding_batch: the reid plugin's
+  // evaluate and search) against plain batched forwards of as many random
+  // inputs at the same batch size, each run on a freshly loaded model as
+  // the task's (the TorchScript executor's first, profiling runs are part of
+  // both); runs alternate, the ratio is the median of each pair's.
+  int run_task_e2e(xcam::ExperimentConfig cfg) {
+    xcam::set_threads(cfg.threads);
+    auto eo = cfg.explainer;
+    eo.layers = cfg.layer_sets.at(0);
+    eo.method = cfg.methods.at(0);
+    cfg.outputs.dir = (std::filesystem::path(cfg.outputs.dir) / "bench-e2e" / "task").string();
+    xcam::RunOptions ro;
+    ro.force = true;
+    ro.progress = false;
+    std::vector<double> task_rate, plain_rate, ratios;
+    int64_t n = 0, batch = 0;
+    for (int i = 0; i < repeats; ++i) {
+      const auto s = xcam::run_experiment(cfg, ro);
+      XCAM_CHECK(s.metrics.count("embedding_ms") && s.metrics.count("embedded_images") &&
+                     s.metrics.count("embedding_batch"),
+                 "bench --e2e: the task of '{}' reports no embedding times (metrics embedding_ms, embedded_images, "
+                 "embedding_batch); it times tasks that embed a dataset, such as the reid plugin's evaluate",
+                 cfg.file);
+      n = static_cast<int64_t>(s.metrics.at("embedded_images"));
+      batch = static_cast<int64_t>(s.metrics.at("embedding_batch"));
+      xcam::Explainer ex(eo);
+      const auto& p = ex.preprocess();
+      double plain_ms = 0;
+      std::mt19937 rng(0);
+      std::normal_distribution<float> nd;
+      for (int64_t done = 0; done < n; done += batch) {
+        const int64_t b = std::min(batch, n - done);
+        std::vector<float> x(static_cast<size_t>(b * 3 * p.height * p.width));
+        for (auto& v : x) v = nd(rng);
+        xcam::StageTimes t;
+        ex.forward_only(x, b, &t);
+        plain_ms += t.forward_ms;
+      }
+      task_rate.push_back(1000.0 * n / s.metrics.at("embedding_ms"));
+      plain_rate.push_back(1000.0 * n / plain_ms);
+      ratios.push_back(task_rate.back() / plain_rate.back());
+    }
+    std::cout << fmt::format("task {} of experiment {}: {} images embedded in batches of {}, threads {}, medians of {}\n",
+                             nlohmann::json::parse(cfg.task).value("name", ""), cfg.name, n, batch, cfg.threads,
+                             repeats);
+    std::cout << fmt::format("plain batched forward        {:9.1f} images/s\n", median(plain_rate));
+    std::cout << fmt::format("the task's embeddings        {:9.1f} images/s   ratio {:.3f}\n", median(task_rate),
+                             median(ratios));
+    std::cout << fmt::format("{{\"images\": {}, \"plain_images_per_s\": {:.3f}, \"task_images_per_s\": {:.3f}, "
+                             "\"ratio\": {:.4f}, \"threads\": {}}}\n",
+                             n, median(plain_rate), median(task_rate), median(ratios), cfg.threads);
+    return 0;
+  }
+
   int run_e2e() {
     XCAM_CHECK(repeats >= 1, "bench --e2e needs --repeats >= 1, got {}", repeats);
     auto cfg = xcam::load_experiment(e2e_config);
-    XCAM_CHECK(!cfg.compare && cfg.task.empty(), "bench --e2e times plain experiments; '{}' is a comparison or a task",
-               e2e_config);
+    XCAM_CHECK(!cfg.compare, "bench --e2e times plain experiments and tasks; '{}' is a comparison", e2e_config);
     if (cmd->count("--threads") > 0) cfg.threads = cb.threads;
     if (cmd->count("--io-threads") > 0) cfg.io_threads = io_threads;
+    if (!cfg.task.empty()) return run_task_e2e(cfg);
     auto off = cfg;
     off.outputs.save_map = off.outputs.save_overlay = off.outputs.save_panel = false;
     // Runs with outputs off and on alternate, and the ratio is the median of
@@ -550,6 +686,7 @@ struct BenchCommand {
     bo.height = bsize[0];
     bo.width = bsize[1];
     xcam::Explainer ex(bo);
+    if (pair) return run_pair(ex);
     std::mt19937 rng(0);
     std::normal_distribution<float> nd;
     std::vector<float> x(static_cast<size_t>(bbatch) * 3 * bsize[0] * bsize[1]);

@@ -527,7 +527,8 @@ RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {
       std::vector<ItemRecord> part;
       const auto samples = cfg.samples.empty() ? samples_of(cfg.images) : cfg.samples;
       if (!cfg.task.empty())
-        run_task_and_write(ex, cfg.task, samples, cfg.targets, out, part, summary);
+        run_task_and_write(ex, cfg.task, samples, cfg.targets, out, part, summary,
+                           cfg.file.empty() ? "." : fs::path(cfg.file).parent_path().string());
       else
         explain_and_write(ex, samples, cfg.batch_size, cfg.targets, cfg.boxes.empty() ? nullptr : &boxes, out, part,
                           summary, run_opt, label + " @ " + layers);

@@ -132,7 +132,8 @@ void Explainer::Impl::init(ExplainerOptions options) {
                fmt::join(m.pre.mean, " "), fmt::join(m.pre.std, " "));
   m.plugin_minor = d.abi_minor;
   m.layers = m.opt.layers.empty() ? m.plugin->default_layers(m.model.module()) : m.opt.layers;
-  const auto aliases = m.plugin->layer_aliases();
+  const auto aliases =
+      m.plugin_minor >= 3 ? m.plugin->model_aliases(m.model.module()) : m.plugin->layer_aliases();
   for (auto& l : m.layers)
     if (const auto it = aliases.find(l); it != aliases.end()) l = it->second;
   m.tapped = std::make_unique<TappedForward>(m.model, m.layers);
@@ -302,6 +303,16 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
                ids.at(0), opt.plugin, first_line(e.what()));
   }
   times->forward_ms += ms_since(t);
+  if (plugin_minor >= 3 && !p.text) {
+    p.stacked = plugin->stacked_images(p.batch);
+    for (const auto& name : p.stacked)
+      XCAM_CHECK(name != "image" && !p.batch.samples.empty() && p.batch.samples[0].images.count(name),
+                 "plugin '{}' stacks image '{}', which sample '{}' does not have", opt.plugin, name, ids.at(0));
+    XCAM_CHECK(p.stacked.empty() || method->kind != methods::Kind::perturbation,
+               "method '{}' perturbs the image, and plugin '{}' explains the {} stacked with it in the same pass; "
+               "use a gradient or attention method, or turn the plugin's maps on the {} off",
+               method->name, opt.plugin, fmt::join(p.stacked, ", "), fmt::join(p.stacked, ", "));
+  }
   check_labels(p.fwd.output);
   p.layouts = layouts_of(p.batch, p.fwd);
   XCAM_CHECK(!p.text || (!p.layouts.empty() && !p.layouts[0].index.empty() &&
@@ -361,7 +372,8 @@ std::vector<Explainer::Impl::Laid> Explainer::Impl::layouts_of(const Batch& batc
       XCAM_CHECK(n == lay.grid_h * lay.grid_w && (lay.words.empty() || lay.words.size() == lay.positions.size()),
                  "plugin '{}' lays sample '{}' out as {} x {} with {} positions and {} words at layer '{}'",
                  opt.plugin, batch.ids[b], lay.grid_h, lay.grid_w, n, lay.words.size(), layers[l]);
-      const int64_t N = tap.dim() >= 2 ? tap.size(1) : 0;
+      // Tokens: dim 1 of B x N x C; the keys of attention B x heads x Q x N.
+      const int64_t N = tap.dim() == 4 ? tap.size(3) : tap.dim() >= 2 ? tap.size(1) : 0;
       for (int64_t q : lay.positions)
         XCAM_CHECK(q >= 0 && q < N, "plugin '{}' lays sample '{}' out at position {}; layer '{}' has {} tokens",
                    opt.plugin, batch.ids[b], q, layers[l], N);
@@ -408,10 +420,12 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
   times->backward_ms += ms_since(t);
 
   t = Clock::now();
-  const auto outs = method_maps(pass, grads, r, y, H, W);
-  const size_t M = outs.size();
-  std::vector<at::Tensor> low(M), status(M);
-  for (size_t l = 0; l < M; ++l) {
+  auto outs = method_maps(pass, grads, r, y, H, W);
+  const size_t M = outs.size();  // per stacked image
+  for (size_t s = 1; s <= pass.stacked.size(); ++s)
+    for (auto& o : method_maps(pass, grads, r, y, H, W, s)) outs.push_back(std::move(o));
+  std::vector<at::Tensor> low(outs.size()), status(outs.size());
+  for (size_t l = 0; l < outs.size(); ++l) {
     low[l] = outs[l].lowres.cpu();
     status[l] = outs[l].status;
   }
@@ -421,8 +435,9 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
   // 1), as the reference implementation's aggregation does. Then the views'
   // maps are put back onto the input and combined.
   std::vector<std::pair<std::string, std::vector<size_t>>> groups{{"image", {}}};
-  for (size_t l = 0; l < M; ++l) {
-    const std::string on = M == layers.size() ? plugin->image_of(layers[l]) : "image";
+  for (size_t l = 0; l < outs.size(); ++l) {
+    const std::string on = M == layers.size() ? drawn_on(pass, l / M, l % M)
+                                              : (l < M ? std::string("image") : pass.stacked[l / M - 1]);
     auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == on; });
     if (it == groups.end()) it = groups.insert(groups.end(), {on, {}});
     it->second.push_back(l);
@@ -467,7 +482,7 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
       m.map.assign(mp, mp + m.height * m.width);
       for (size_t l : groups[gi].second) {
         const std::string what =
-            M == layers.size() ? "layer '" + layers[l] + "'" : method->name + " of the tapped layers";
+            M == layers.size() ? "layer '" + layers[l % M] + "'" : method->name + " of the tapped layers";
         uint8_t st = 0;  // what any of the sample's views had
         for (int64_t v = 0; v < V; ++v) st |= status[l].data_ptr<uint8_t>()[v * B0 + b0];
         if (st & kernels::kCamNonFinite)
@@ -489,22 +504,41 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
   }
 }
 
+std::string Explainer::Impl::drawn_on(const Pass& pass, size_t stack, size_t l) const {
+  return stack == 0 ? plugin->image_of(layers[l]) : pass.stacked.at(stack - 1);
+}
+
 std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const Pass& pass, const std::vector<at::Tensor>& grads,
-                                                             size_t r, const at::Tensor& y, int64_t H0, int64_t W0) {
+                                                             size_t r, const at::Tensor& y, int64_t H0, int64_t W0,
+                                                             size_t stack) {
   using methods::Kind;
   const auto& fwd = pass.fwd;
   const Batch& batch = pass.batch;
   const size_t L = layers.size();
+  const auto B = static_cast<int64_t>(batch.ids.size());
+  const auto S = static_cast<int64_t>(pass.stacked.size()) + 1;  // images stacked along the batch
+  // Rows of `stack` in a tap (or its gradient) of S B rows.
+  auto rows = [&](size_t l, const at::Tensor& t) {
+    if (S == 1) return t;
+    XCAM_CHECK(t.size(0) == S * B, "layer '{}' gives {} rows for a batch of {} samples with {} stacked image(s); "
+               "tap a layer that sees every stacked image", layers[l], t.size(0), B, S - 1);
+    return t.narrow(0, static_cast<int64_t>(stack) * B, B);
+  };
   std::vector<kernels::MapOutput> out;
   if (method->kind == Kind::attention || method->kind == Kind::cross_layer) {
-    const auto B = static_cast<int64_t>(batch.ids.size());
     std::vector<at::Tensor> attn(L), g(L);
     for (size_t l = 0; l < L; ++l) {
-      attn[l] = methods::as_attention(fwd.taps[l].detach(), B, layers[l]);
-      if (method->gradients) g[l] = grads[l].defined() ? grads[l].view_as(attn[l]) : torch::zeros_like(attn[l]);
+      const auto all = methods::as_attention(fwd.taps[l].detach(), S * B, layers[l], method->kind == Kind::attention);
+      attn[l] = rows(l, all);
+      XCAM_CHECK(opt.attention.query >= 0 && opt.attention.query < attn[l].size(2),
+                 "query token {} is out of range: layer '{}' has {} query token(s)", opt.attention.query, layers[l],
+                 attn[l].size(2));
+      if (method->gradients)
+        g[l] = grads[l].defined() ? rows(l, grads[l].view_as(all)) : torch::zeros_like(attn[l]);
     }
     auto on_grid = [&](size_t l, const at::Tensor& tokens) {
-      const std::string on = method->kind == Kind::cross_layer ? "image" : plugin->image_of(layers[l]);
+      const std::string on = method->kind == Kind::cross_layer ? (stack == 0 ? "image" : pass.stacked[stack - 1])
+                                                               : drawn_on(pass, stack, l);
       const auto hw = drawn_size(pass, on, H0, W0);
       return kernels::normalize_resize(token_grid(pass, l, tokens, hw[0], hw[1]), hw[0], hw[1]);
     };
@@ -513,10 +547,10 @@ std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const Pass& pass, c
     return out;
   }
   for (size_t l = 0; l < L; ++l) {
-    const auto [H, W] = drawn_size(pass, plugin->image_of(layers[l]), H0, W0);
-    const at::Tensor a = grid_of(pass, l, fwd.taps[l].detach());
+    const auto [H, W] = drawn_size(pass, drawn_on(pass, stack, l), H0, W0);
+    const at::Tensor a = grid_of(pass, l, rows(l, fwd.taps[l].detach()));
     at::Tensor g;
-    if (method->gradients) g = grads[l].defined() ? grid_of(pass, l, grads[l]) : torch::zeros_like(a);
+    if (method->gradients) g = grads[l].defined() ? grid_of(pass, l, rows(l, grads[l])) : torch::zeros_like(a);
     if (method->name == "gradcam" && !opt.eigen_smooth)
       out.push_back(kernels::gradcam(a, g, H, W));  // the fused one-pass kernel
     else if (method->name == "scorecam")
@@ -553,7 +587,6 @@ at::Tensor Explainer::Impl::token_grid(const Pass& pass, size_t l, const at::Ten
                                        int64_t W) const {
   const auto& o = opt.attention;
   const int64_t N = tokens.size(1);
-  XCAM_CHECK(o.query >= 0 && o.query < N, "query token {} is out of range: the attention has {} tokens", o.query, N);
   if (const Laid& laid = pass.layouts.at(l); !laid.index.empty()) {
     std::vector<at::Tensor> rows;
     for (size_t b = 0; b < laid.index.size(); ++b)

@@ -87,8 +87,10 @@ struct Explainer::Impl {
   // for all layers (cross-layer methods); each normalised at its own size
   // and resized to H x W.
   struct Pass;
+  // `stack`: which of the images stacked along the batch (ABI 2.3
+  // stacked_images; 0 the samples' "image") the taps' rows are read for.
   std::vector<kernels::MapOutput> method_maps(const Pass& pass, const std::vector<at::Tensor>& grads, size_t r,
-                                              const at::Tensor& y, int64_t H, int64_t W);
+                                              const at::Tensor& y, int64_t H, int64_t W, size_t stack = 0);
   // Token scores B x N of an attention method on the grid: the plugin's
   // token layout of tap l when it gives one, else the patch grid of the
   // attention options: B x gh x gw.
@@ -167,7 +169,12 @@ struct Explainer::Impl {
     size_t ranks = 0;
     bool text = false;          // text samples: no images, maps over tokens
     std::vector<Laid> layouts;  // per tap
+    // Named images the plugin stacked after the batch's rows (ABI 2.3): the
+    // taps have (1 + stacked.size()) B rows.
+    std::vector<std::string> stacked;
   };
+  // The image a map of `stack` and layer l is drawn on.
+  std::string drawn_on(const Pass& pass, size_t stack, size_t l) const;
   // The plugin's layouts of every tap and sample, checked: positions in
   // range, one grid size for the whole batch.
   std::vector<Laid> layouts_of(const Batch& batch, const TappedForward::Result& fwd) const;

@@ -75,13 +75,20 @@ void preprocess_into(const cv::Mat& rgb, const Preprocess& p, std::vector<float>
   const size_t plane = static_cast<size_t>(p.height * p.width);
   const size_t base = out.size();
   out.resize(base + 3 * plane);
+  // Each channel's 256 values, computed as the formula would per pixel (the
+  // same floats), then looked up.
+  float lut[3][256];
+  for (int c = 0; c < 3; ++c)
+    for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) / 255.f - p.mean[c]) / p.std[c];
   for (int y = 0; y < resized.rows; ++y) {
     const uint8_t* row = resized.ptr<uint8_t>(y);
+    float* r = out.data() + base + static_cast<size_t>(y) * p.width;
+    float* g = r + plane;
+    float* b = g + plane;
     for (int x = 0; x < resized.cols; ++x) {
-      for (int c = 0; c < 3; ++c) {
-        const float v = static_cast<float>(row[3 * x + c]) / 255.f;
-        out[base + c * plane + static_cast<size_t>(y) * p.width + x] = (v - p.mean[c]) / p.std[c];
-      }
+      r[x] = lut[0][row[3 * x]];
+      g[x] = lut[1][row[3 * x + 1]];
+      b[x] = lut[2][row[3 * x + 2]];
     }
   }
 }

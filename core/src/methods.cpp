@@ -151,15 +151,18 @@ at::Tensor raw_map(const Method& m, const at::Tensor& A, const at::Tensor& g, bo
   return m.layer_map(A, g, eigen_smooth);
 }
 
-at::Tensor as_attention(const at::Tensor& tapped, int64_t batch, const std::string& layer) {
+at::Tensor as_attention(const at::Tensor& tapped, int64_t batch, const std::string& layer, bool cross) {
   const auto s = tapped.sizes();
   const bool square = tapped.dim() >= 3 && s[tapped.dim() - 1] == s[tapped.dim() - 2];
   if (square && tapped.dim() == 4 && s[0] == batch) return tapped;
+  if (cross && tapped.dim() == 4 && s[0] == batch && s[2] < s[3]) return tapped;  // Q queries over N keys
   if (square && tapped.dim() == 3 && s[0] % batch == 0) return tapped.view({batch, s[0] / batch, s[1], s[2]});
   XCAM_THROW("layer '{}' gives a tensor of shape {} for a batch of {}; attention methods read attention "
-             "probabilities B x heads x N x N: tap the softmax inside the attention module "
-             "(`xcam layers MODEL --ops PATH` lists its ops)",
-             layer, c10::str(s), batch);
+             "probabilities B x heads x N x N ({}): tap the softmax inside the attention module (`xcam layers MODEL "
+             "--ops PATH` lists its ops)",
+             layer, c10::str(s), batch,
+             cross ? "the attention method also B x heads x Q x N, Q query tokens attending to N others"
+                   : "rollout and relevancy: every token attending to every token");
 }
 
 at::Tensor fuse_heads(const at::Tensor& attention, const std::string& fusion) {

@@ -6,8 +6,9 @@
 //   perturbation  per layer, with extra forwards of the model (Score-CAM,
 //                 Ablation-CAM): the Explainer runs them (perturb.cpp).
 //   attention     per layer, the tapped value is the map: attention
-//                 probabilities B x heads x N x N, heads fused, the row of
-//                 one query token (SPEC section 6).
+//                 probabilities B x heads x N x N (or cross-attention
+//                 B x heads x Q x N), heads fused, the row of one query
+//                 token (SPEC section 6).
 //   cross_layer   every tapped layer at once, in tap order: attention
 //                 rollout and gradient-weighted relevancy (SPEC section 6).
 // Attention and cross-layer methods give a score per token (B x N); the
@@ -56,9 +57,12 @@ at::Tensor raw_map(const Method& m, const at::Tensor& A, const at::Tensor& g, bo
 at::Tensor eigen_projection(const at::Tensor& A);
 
 // A tapped value as attention probabilities B x heads x N x N: 4-d as it
-// is, (B * heads) x N x N (nn.MultiheadAttention's inner softmax) viewed so.
-// Throws xcam::Error naming the layer and the shape otherwise.
-at::Tensor as_attention(const at::Tensor& tapped, int64_t batch, const std::string& layer);
+// is, (B * heads) x N x N (nn.MultiheadAttention's inner softmax) viewed so;
+// with `cross`, also cross-attention B x heads x Q x N (Q < N query tokens,
+// such as a learned prompt, attending to N tokens), for the one-layer
+// `attention` method. Throws xcam::Error naming the layer and the shape
+// otherwise.
+at::Tensor as_attention(const at::Tensor& tapped, int64_t batch, const std::string& layer, bool cross = false);
 
 // Heads fused (mean | max | min): B x N x N, float64.
 at::Tensor fuse_heads(const at::Tensor& attention, const std::string& fusion);

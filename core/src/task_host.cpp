@@ -48,6 +48,13 @@ class ExplainerTaskHost final : public TaskHost {
   }
   void write_json(const std::string& name, const std::string& json) override { run_.write_json(name, json); }
   void add_metric(const std::string& name, double value) override { run_.add_metric(name, value); }
+  std::vector<size_t> add_inputs(const std::string& inputs) override { return run_.add_inputs(inputs); }
+  size_t pair(size_t i, const std::string& name, size_t j, const std::string& id) override {
+    XCAM_CHECK(i < run_.size() && j < run_.size(), "task: pair({}, {}) in a run of {} samples", i, j, run_.size());
+    XCAM_CHECK(!name.empty() && name != "image", "task: pair() names the other image '{}'; 'image' is the sample's own",
+               name);
+    return run_.pair(i, name, j, id);
+  }
 
  private:
   // Samples `which` as prepare() takes them (not yet prepared): one

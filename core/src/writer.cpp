@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include <algorithm>
 #include <cerrno>
@@ -826,11 +827,40 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
 
 namespace {
 
+// A task's sample: the input `spec` as item `id`, with its own targets or
+// else the run's.
+Item task_item(const SampleSpec& spec, const std::string& id, const std::vector<std::string>& run_targets) {
+  Item item;
+  item.path = spec.image;
+  item.id = id;
+  item.spec = spec;
+  item.requests = spec.targets.empty() ? run_targets : spec.targets;
+  return item;
+}
+
+// A task panel tile's border (MapResult::meta "panel_border"): green, red,
+// or #rrggbb; 3 px inside the tile.
+void draw_border(cv::Mat& rgb, const std::string& colour) {
+  cv::Scalar c;
+  if (colour == "green") c = cv::Scalar(0, 170, 0);
+  else if (colour == "red") c = cv::Scalar(220, 0, 0);
+  else {
+    XCAM_CHECK(colour.size() == 7 && colour[0] == '#' &&
+                   colour.find_first_not_of("0123456789abcdefABCDEF", 1) == std::string::npos,
+               "panel_border '{}' is not green, red or #rrggbb", colour);
+    const auto v = std::stoul(colour.substr(1), nullptr, 16);
+    c = cv::Scalar((v >> 16) & 255, (v >> 8) & 255, v & 255);
+  }
+  const int t = std::max(1, std::min({3, rgb.cols / 4, rgb.rows / 4}));
+  cv::rectangle(rgb, cv::Rect(0, 0, rgb.cols, rgb.rows), c, 2 * t);  // half of it is clipped
+}
+
 // The run's side of a plugin's dataset task: samples loaded on demand, maps
 // written as explain_and_write writes them, panels, JSON and metrics.
 class RunnerTask final : public TaskRun {
  public:
-  RunnerTask(Writer& w, std::vector<Item> items) : w_(w), items_(std::move(items)) {}
+  RunnerTask(Writer& w, std::vector<Item> items, std::vector<std::string> targets, std::string base)
+      : w_(w), items_(std::move(items)), targets_(std::move(targets)), base_(std::move(base)) {}
   size_t size() const override { return items_.size(); }
   const std::string& id(size_t i) const override { return items_.at(i).id; }
   const std::string& output_dir() const override { return w_.out.dir; }
@@ -846,7 +876,8 @@ class RunnerTask final : public TaskRun {
     std::vector<cv::Mat> tiles;
     for (const auto& m : maps) {
       const Item& item = loaded(index_of(m.image_id));
-      headers.push_back(m.image_id + " " + m.target_label);
+      const auto header = m.meta.find("panel_header");
+      headers.push_back(header != m.meta.end() ? header->second : m.image_id + " " + m.target_label);
       if (m.on == "text") {
         tiles.push_back(render_token_strip(m.words, m.map, w_.cmap));
         continue;
@@ -856,6 +887,8 @@ class RunnerTask final : public TaskRun {
                  m.image_id, m.on);
       const cv::Mat& rgb = m.on == "image" ? item.rgb : it->second;
       tiles.push_back(render_overlay(rgb, map_at_image_size(m.map, m.height, m.width, rgb), w_.out.alpha, w_.cmap).overlay);
+      if (const auto border = m.meta.find("panel_border"); border != m.meta.end())
+        draw_border(tiles.back(), border->second);
     }
     XCAM_CHECK(!tiles.empty(), "task panel '{}' has no maps", name);
     write_png((fs::path(w_.out.dir) / (safe_name(name) + ".png")).string(), render_grid(title, headers, {}, {tiles}));
@@ -865,6 +898,36 @@ class RunnerTask final : public TaskRun {
   }
   void add_metric(const std::string& name, double value) override { metrics[name] = value; }
   std::map<std::string, double> metrics;
+
+  std::vector<size_t> add_inputs(const std::string& inputs) override {
+    const auto specs = samples_of(expand_inputs({inputs}, base_));
+    std::set<std::string> taken;
+    for (const auto& item : items_) taken.insert(item.id);
+    std::vector<size_t> added;
+    const auto ids = sample_ids(specs);
+    for (size_t k = 0; k < specs.size(); ++k) {
+      Item item = task_item(specs[k], ids[k], targets_);
+      for (int n = 2; taken.count(item.id); ++n) item.id = ids[k] + "-" + std::to_string(n);
+      taken.insert(item.id);
+      added.push_back(items_.size());
+      items_.push_back(std::move(item));
+    }
+    w_.total = items_.size();
+    return added;
+  }
+  size_t pair(size_t i, const std::string& name, size_t j, const std::string& id) override {
+    XCAM_CHECK(!items_.at(j).path.empty(), "task: sample '{}' has no image to pair with", items_.at(j).id);
+    XCAM_CHECK(std::none_of(items_.begin(), items_.end(), [&](const Item& it) { return it.id == id; }),
+               "task: a sample '{}' is already in the run; give the pair another id", id);
+    Item item = items_.at(i);
+    item.id = id;
+    item.spec.id = id;
+    item.spec.images[name] = items_.at(j).path;
+    item.others.erase(name);
+    if (!items_[j].rgb.empty()) item.others[name] = items_[j].rgb;
+    items_.push_back(std::move(item));
+    return items_.size() - 1;
+  }
 
  private:
   size_t index_of(const std::string& id) const {
@@ -883,13 +946,15 @@ class RunnerTask final : public TaskRun {
 
   Writer& w_;
   std::vector<Item> items_;
+  std::vector<std::string> targets_;  // the run's, for added samples
+  std::string base_;                  // where relative inputs are resolved
 };
 
 }  // namespace
 
 void run_task_and_write(Explainer& ex, const std::string& task_json, const std::vector<SampleSpec>& samples,
                         const std::vector<std::string>& targets, const OutputOptions& out,
-                        std::vector<ItemRecord>& records, RunSummary& summary) {
+                        std::vector<ItemRecord>& records, RunSummary& summary, const std::string& base_dir) {
   check_outputs(out);
   Writer w(ex, nullptr, out, records, summary, false);
   fs::create_directories(w.item_dir);
@@ -897,16 +962,9 @@ void run_task_and_write(Explainer& ex, const std::string& task_json, const std::
   remove_stale_temporaries(w.item_dir);
   std::vector<Item> items;
   const auto ids = sample_ids(samples);
-  for (size_t i = 0; i < samples.size(); ++i) {
-    Item item;
-    item.path = samples[i].image;
-    item.id = ids[i];
-    item.spec = samples[i];
-    item.requests = samples[i].targets.empty() ? targets : samples[i].targets;
-    items.push_back(std::move(item));
-  }
+  for (size_t i = 0; i < samples.size(); ++i) items.push_back(task_item(samples[i], ids[i], targets));
   w.total = items.size();
-  RunnerTask run(w, std::move(items));
+  RunnerTask run(w, std::move(items), targets, base_dir);
   ex.run_task(task_json, run);
   json metrics = json::object();
   for (const auto& [k, v] : run.metrics) {

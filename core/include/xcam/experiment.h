@@ -165,7 +165,7 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
 // dataset-level: a re-run runs it again.
 void run_task_and_write(Explainer& ex, const std::string& task_json, const std::vector<SampleSpec>& samples,
                         const std::vector<std::string>& targets, const OutputOptions& out,
-                        std::vector<ItemRecord>& records, RunSummary& summary);
+                        std::vector<ItemRecord>& records, RunSummary& summary, const std::string& base_dir = ".");
 
 // summary.json in `dir`: the counts, the maps this run wrote, its seconds
 // and maps per second, and the thread counts it ran with.

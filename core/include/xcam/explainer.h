@@ -138,6 +138,10 @@ class TaskRun {
   virtual void write_json(const std::string& name, const std::string& json) = 0;
   virtual void add_metric(const std::string& name, double value) = 0;
   virtual const std::string& output_dir() const = 0;
+  // New samples: the images of `inputs` (TaskHost::add_inputs), and sample i
+  // with sample j's image as its named image `name` (TaskHost::pair).
+  virtual std::vector<size_t> add_inputs(const std::string& inputs) = 0;
+  virtual size_t pair(size_t i, const std::string& name, size_t j, const std::string& id) = 0;
 };
 
 class Explainer {

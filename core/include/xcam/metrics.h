@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "xcam/retrieval.h"
+
 namespace xcam {
 
 struct Box {
@@ -50,27 +52,5 @@ class PointingGame {
   std::map<std::string, std::pair<int, int>> counts_;
 };
 
-// Re-identification retrieval scores (SPEC section 5, the Market-1501
-// protocol): fractions in [0, 1].
-struct RetrievalScores {
-  double mAP = 0;               // mean over valid queries of average precision
-  double mINP = 0;              // mean over valid queries of matches / rank of the last match
-  std::vector<double> cmc;      // cmc[k]: share of valid queries with a match within the first k + 1
-  size_t valid_queries = 0;     // queries with at least one match left after the exclusions
-  size_t skipped_queries = 0;   // queries with none (not counted in the means)
-  // Rank-k (k from 1; past the cut, the last entry)
-  double rank(size_t k) const { return cmc.empty() ? 0.0 : cmc[std::min(std::max<size_t>(k, 1), cmc.size()) - 1]; }
-};
-
-// `dist` is queries x gallery, row-major (smaller is closer). For each query
-// the gallery is sorted by distance (stable: ties keep gallery order); the
-// entries of the query's identity on the query's camera and the junk (pid -1)
-// are dropped; distractors (pid 0) stay and count as wrong. A query with no
-// match left is skipped. CMC is cut at `max_rank` (or the gallery size); a
-// query whose kept list is shorter counts as found at every rank past its
-// first match. Throws xcam::Error on sizes that disagree or on no valid query.
-RetrievalScores retrieval_scores(const std::vector<double>& dist, const std::vector<int64_t>& query_pids,
-                                 const std::vector<int64_t>& query_cams, const std::vector<int64_t>& gallery_pids,
-                                 const std::vector<int64_t>& gallery_cams, size_t max_rank = 50);
 
 }  // namespace xcam

@@ -15,7 +15,10 @@
 // carries `explains` and a payload, and the hooks layer_aliases() and
 // perturbation_batch(). 2.1: metadata(). 2.2: input_size(), batch_key(),
 // token_layout() (images at their own size, text-only samples, tokens laid
-// out per sample) and run_task() with the TaskHost it is given.
+// out per sample) and run_task() with the TaskHost it is given. 2.3:
+// stacked_images() (one pass of a single-input model gives maps on a sample's
+// image and on its named images stacked after it, a re-ID query and its
+// reference), model_aliases(); TaskHost::add_inputs() and pair().
 #pragma once
 
 #include <torch/script.h>
@@ -104,6 +107,20 @@ class TaskHost {
   // A dataset-level number, reported with the run's summary and in task.json.
   virtual void add_metric(const std::string& name, double value) = 0;
   virtual const std::string& output_dir() const = 0;
+
+  // ---- ABI 2.3 (appended: the host implements TaskHost) ----
+
+  // The images of `inputs` (a folder, a glob or a list file, as the run's
+  // `inputs.images` takes them, relative to the experiment's folder) as new
+  // samples of the run, with the run's targets; returns their indices. Ids
+  // are those the files would have as the run's own inputs, made unique
+  // against the run's ("-2", ...). Throws xcam::Error naming an input that
+  // matches nothing.
+  virtual std::vector<size_t> add_inputs(const std::string& inputs) = 0;
+  // A new sample `id` (unique in the run): sample i with sample j's "image"
+  // as its named image `name` (a query with a gallery image as its
+  // "reference"); returns its index.
+  virtual size_t pair(size_t i, const std::string& name, size_t j, const std::string& id) = 0;
 };
 
 class ArchPlugin {
@@ -234,6 +251,26 @@ class ArchPlugin {
   // does not know.
   virtual void run_task(TaskHost& host, const std::string& task_json) const {
     XCAM_THROW("this plugin has no dataset tasks; remove the `task:` block");
+  }
+
+  // ---- ABI 2.3 ----
+
+  // Named images of each sample that prepare() stacked along the batch
+  // dimension after the batch's own B rows, in order: a single-input model
+  // fed [queries; references] as one batch of 2B, so that one forward and one
+  // backward give the maps on both. Every tap then has (1 + k) B rows (B x
+  // heads for a 3-d attention softmax); rows [jB, (j + 1) B) give the maps
+  // drawn on image j (0: "image", j > 0: the j-th name), and score() returns
+  // the B values of the batch's samples. Perturbation methods refuse such a
+  // batch. Default: nothing stacked.
+  virtual std::vector<std::string> stacked_images(const Batch& batch) const { return {}; }
+
+  // layer_aliases() for this model: names that depend on its module tree
+  // (the last block of a ViT of any depth, timm or Hugging Face naming). The
+  // host asks this one instead of layer_aliases() from 2.3 on. Default:
+  // layer_aliases().
+  virtual std::map<std::string, std::string> model_aliases(const torch::jit::Module& model) const {
+    return layer_aliases();
   }
 };
 

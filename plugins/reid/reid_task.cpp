@@ -1,0 +1,224 @@
+// The re-ID plugin's dataset tasks (plugins/reid/README.md, "Tasks"):
+//   evaluate  queries against a gallery with the Market-1501 protocol: mAP,
+//             CMC Rank-1/5/10 and mINP, then a panel for each of the first
+//             `show` queries: the query | its top-k gallery images, each with
+//             its similarity map, green or red by identity;
+//   search    the same ranking and panels for every query, identities optional
+//             (a folder of queries against one gallery).
+#include <nlohmann/json.hpp>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <numeric>
+#include <regex>
+
+#include "reid.h"
+#include "xcam/retrieval.h"
+
+namespace xcam::reid {
+
+namespace {
+
+// The identity and camera of a Market-1501 file name (its id):
+// PPPP_cCsS_FFFFFF_NN, with -1 for junk. False when the name is not one.
+bool market_name(const std::string& id, int64_t& pid, int64_t& cam) {
+  static const std::regex name(R"(^(-1|\d+)_c(\d+)s\d+_\d+_\d+$)");
+  std::smatch m;
+  if (!std::regex_match(id, m, name)) return false;
+  pid = std::stoll(m[1].str());
+  cam = std::stoll(m[2].str());
+  return true;
+}
+
+struct Task {
+  std::string name;
+  std::string query, gallery;  // inputs; query empty: the run's own
+  int64_t batch = 64;
+  std::string distance = "euclidean";
+  int64_t show = 10, top_k = 5, max_rank = 50;
+};
+
+Task parse_task(const std::string& task_json) {
+  const auto j = nlohmann::json::parse(task_json);
+  Task t;
+  t.name = j.value("name", "");
+  XCAM_CHECK(t.name == "evaluate" || t.name == "search",
+             "unknown task '{}'; the reid plugin knows 'evaluate' (metrics and panels) and 'search' (panels)", t.name);
+  t.show = t.name == "search" ? -1 : 10;
+  for (const auto& [key, v] : j.items()) {
+    auto count = [&](int64_t lo) {
+      XCAM_CHECK(v.is_number_integer() && v.get<int64_t>() >= lo, "task {}: {}={} must be an integer >= {}", t.name,
+                 key, v.dump(), lo);
+      return v.get<int64_t>();
+    };
+    if (key == "name") continue;
+    if (key == "query" || key == "gallery") {
+      XCAM_CHECK(v.is_string() && !v.get<std::string>().empty(),
+                 "task {}: {} must be a folder, a glob or a list file of images", t.name, key);
+      (key == "query" ? t.query : t.gallery) = v.get<std::string>();
+    } else if (key == "batch") {
+      t.batch = count(1);
+    } else if (key == "distance") {
+      t.distance = v.is_string() ? v.get<std::string>() : "";
+      XCAM_CHECK(t.distance == "euclidean" || t.distance == "cosine",
+                 "task {}: distance={} must be euclidean (squared, the protocol's) or cosine", t.name, v.dump());
+    } else if (key == "show") {
+      t.show = count(-1);
+    } else if (key == "top_k") {
+      t.top_k = count(1);
+    } else if (key == "max_rank") {
+      t.max_rank = count(1);
+    } else {
+      XCAM_THROW("task {} has no key '{}'; it takes query, gallery, batch, distance, show, top_k, max_rank", t.name,
+                 key);
+    }
+  }
+  XCAM_CHECK(!t.gallery.empty(), "task {} needs a gallery (a folder of images: gallery: bounding_box_test)", t.name);
+  return t;
+}
+
+// The embeddings of samples `which`, `batch` per forward, float64.
+at::Tensor embed(TaskHost& host, const std::vector<size_t>& which, int64_t batch) {
+  std::vector<at::Tensor> parts;
+  for (size_t i = 0; i < which.size(); i += static_cast<size_t>(batch)) {
+    const std::vector<size_t> chunk(which.begin() + static_cast<std::ptrdiff_t>(i),
+                                    which.begin() + static_cast<std::ptrdiff_t>(
+                                                        std::min(which.size(), i + static_cast<size_t>(batch))));
+    Batch b;
+    const auto out = host.forward(chunk, &b);
+    parts.push_back(ReidPlugin::embeddings(out, b).to(at::kCPU, at::kDouble));
+  }
+  return at::cat(parts);
+}
+
+}  // namespace
+
+void ReidPlugin::run_task(TaskHost& host, const std::string& task_json) const {
+  const Task task = parse_task(task_json);
+  std::vector<size_t> queries;
+  if (task.query.empty())
+    for (size_t i = 0; i < host.size(); ++i) queries.push_back(i);
+  else
+    queries = host.add_inputs(task.query);
+  const auto gallery = host.add_inputs(task.gallery);
+  XCAM_CHECK(!queries.empty() && !gallery.empty(), "task {}: {} queries and {} gallery images; give both",
+             task.name, queries.size(), gallery.size());
+
+  // Identities and cameras from the file names, where they are Market-1501's.
+  const size_t nq = queries.size(), ng = gallery.size();
+  std::vector<int64_t> qp(nq), qc(nq), gp(ng), gc(ng);
+  bool named = true;
+  for (size_t i = 0; i < nq && named; ++i) named = market_name(host.id(queries[i]), qp[i], qc[i]);
+  for (size_t j = 0; j < ng && named; ++j) named = market_name(host.id(gallery[j]), gp[j], gc[j]);
+  XCAM_CHECK(named || task.name == "search",
+             "task evaluate needs Market-1501 file names (PPPP_cCsS_FFFFFF_NN.jpg, -1 for junk) for identities and "
+             "cameras; '{}' is not one. Rename the images, or rank without identities with task search",
+             [&] {
+               int64_t p, c;
+               for (size_t i : queries)
+                 if (!market_name(host.id(i), p, c)) return host.id(i);
+               for (size_t j : gallery)
+                 if (!market_name(host.id(j), p, c)) return host.id(j);
+               return std::string();
+             }());
+
+  // Queries and gallery in one sequence of full batches: fewer distinct
+  // batch shapes for the TorchScript executor to specialise on.
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<size_t> all = queries;
+  all.insert(all.end(), gallery.begin(), gallery.end());
+  const auto embedded = embed(host, all, task.batch);
+  const auto q = embedded.narrow(0, 0, static_cast<int64_t>(nq)), g = embedded.narrow(0, static_cast<int64_t>(nq),
+                                                                                     static_cast<int64_t>(ng));
+  // For `xcam bench --e2e`: the embedding forwards' time against plain ones.
+  host.add_metric("embedding_ms",
+                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  host.add_metric("embedded_images", static_cast<double>(nq + ng));
+  host.add_metric("embedding_batch", static_cast<double>(task.batch));
+  at::Tensor dist;
+  if (task.distance == "cosine") {
+    auto unit = [](const at::Tensor& x) { return x / x.norm(2, 1, true).clamp_min(1e-12); };
+    dist = 1 - at::matmul(unit(q), unit(g).t());
+  } else {
+    dist = (q.pow(2).sum(1, true) + g.pow(2).sum(1).unsqueeze(0) - 2 * at::matmul(q, g.t())).clamp_min(0);
+  }
+  dist = dist.contiguous();
+  const std::vector<double> d(dist.data_ptr<double>(), dist.data_ptr<double>() + dist.numel());
+
+  nlohmann::json doc{{"task", task.name}, {"queries", nq}, {"gallery", ng}, {"distance", task.distance}};
+  if (named && task.name == "evaluate") {
+    const auto s = retrieval_scores(d, qp, qc, gp, gc, static_cast<size_t>(task.max_rank));
+    for (const auto& [key, value] : std::vector<std::pair<std::string, double>>{
+             {"mAP", s.mAP}, {"rank1", s.rank(1)}, {"rank5", s.rank(5)}, {"rank10", s.rank(10)}, {"mINP", s.mINP}}) {
+      host.add_metric(key, value);
+      doc[key] = value;
+    }
+    host.add_metric("valid_queries", static_cast<double>(s.valid_queries));
+    doc["valid_queries"] = s.valid_queries;
+    doc["skipped_queries"] = s.skipped_queries;
+    doc["cmc"] = s.cmc;
+  }
+
+  // Per query, the gallery by distance (stable), without the query's identity
+  // on its own camera and the junk when identities are known (as the protocol
+  // drops them); the first top_k shown.
+  nlohmann::json ranking = nlohmann::json::array();
+  const size_t show = task.show < 0 ? nq : std::min(nq, static_cast<size_t>(task.show));
+  for (size_t i = 0; i < nq; ++i) {
+    std::vector<size_t> order(ng);
+    std::iota(order.begin(), order.end(), size_t{0});
+    const double* row = d.data() + i * ng;
+    std::stable_sort(order.begin(), order.end(), [row](size_t a, size_t b) { return row[a] < row[b]; });
+    std::vector<size_t> top;
+    for (size_t j : order) {
+      if (named && (gp[j] == -1 || (gp[j] == qp[i] && gc[j] == qc[i]))) continue;
+      top.push_back(j);
+      if (top.size() == static_cast<size_t>(task.top_k)) break;
+    }
+    nlohmann::json entry{{"query", host.id(queries[i])}, {"top", nlohmann::json::array()}};
+    for (size_t r = 0; r < top.size(); ++r) {
+      nlohmann::json hit{{"gallery", host.id(gallery[top[r]])}, {"rank", r + 1}, {"distance", row[top[r]]}};
+      if (named) hit["match"] = gp[top[r]] == qp[i];
+      entry["top"].push_back(hit);
+    }
+    ranking.push_back(entry);
+    if (i >= show || top.empty()) continue;
+
+    // The query beside its top-k: one pass per pair gives the map on the
+    // query and on the gallery image.
+    const std::string qid = host.id(queries[i]);
+    std::vector<size_t> pairs;
+    for (size_t r = 0; r < top.size(); ++r)
+      pairs.push_back(host.pair(queries[i], "reference", gallery[top[r]],
+                                fmt::format("{}_rank{}_{}", qid, r + 1, host.id(gallery[top[r]]))));
+    auto maps = host.explain(pairs, std::vector<std::vector<std::string>>(pairs.size(), {"similarity"}));
+    std::vector<MapResult> tiles;
+    for (size_t r = 0; r < top.size(); ++r) {
+      const std::string pid = host.id(pairs[r]);
+      for (auto& m : maps) {
+        if (m.image_id != pid) continue;
+        const std::string sim = fmt::format("{:.3f}", m.score);
+        if (m.on == "image" && r == 0) {
+          MapResult query_tile = m;
+          query_tile.meta["panel_header"] = fmt::format("query {} (map vs #1)", qid);
+          tiles.insert(tiles.begin(), query_tile);
+        }
+        if (m.on == "reference" || (m.on == "image" && !opt_.reference_maps)) {
+          MapResult tile = m;
+          tile.meta["panel_header"] = fmt::format("#{} {} sim {}", r + 1, host.id(gallery[top[r]]), sim);
+          if (named) tile.meta["panel_border"] = gp[top[r]] == qp[i] ? "green" : "red";
+          tiles.push_back(tile);
+        }
+      }
+    }
+    host.write_maps(maps);
+    host.write_panel("ranked_" + qid,
+                     fmt::format("{}: query and its top {} gallery images{}", qid, top.size(),
+                                 named ? " (green: same identity)" : ""),
+                     tiles);
+  }
+  doc["ranking"] = ranking;
+  host.write_json(task.name == "evaluate" ? "retrieval" : "search", doc.dump(1));
+}
+
+}  // namespace xcam::reid
