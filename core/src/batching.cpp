@@ -4,6 +4,7 @@
 // the original image, explained as images of their own and pasted back.
 #include <fmt/format.h>
 #include <opencv2/imgproc.hpp>
+#include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -145,11 +146,16 @@ at::Tensor Explainer::Impl::group_images(const std::vector<SampleInput>& samples
   Preprocess p = pre;
   p.height = g.height;
   p.width = g.width;
-  std::vector<float> nchw;
-  nchw.reserve(g.index.size() * 3 * p.height * p.width);
-  for (size_t i : g.index) preprocess_into(samples[i].image, p, nchw);
   const auto n = static_cast<int64_t>(g.index.size());
-  return torch::from_blob(nchw.data(), {n, 3, p.height, p.width}, torch::kFloat32).to(model.device(), false, true);
+  auto x = torch::empty({n, 3, p.height, p.width}, torch::kFloat32);
+  float* dst = x.data_ptr<float>();
+  const int64_t each = 3 * p.height * p.width;
+  // One image per task of the intra-op pool: a batch's decoding is done, its
+  // resizing and normalising are the work left before the forward.
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) preprocess_to(samples[g.index[static_cast<size_t>(k)]].image, p, dst + k * each);
+  });
+  return x.to(model.device());
 }
 
 

@@ -67,14 +67,18 @@ cv::Mat load_rgb(const std::string& path) {
 }
 
 void preprocess_into(const cv::Mat& rgb, const Preprocess& p, std::vector<float>& out) {
+  const size_t base = out.size();
+  out.resize(base + static_cast<size_t>(3 * p.height * p.width));
+  preprocess_to(rgb, p, out.data() + base);
+}
+
+void preprocess_to(const cv::Mat& rgb, const Preprocess& p, float* dst) {
   XCAM_CHECK(rgb.type() == CV_8UC3, "preprocess expects an 8-bit RGB image, got OpenCV type {}", rgb.type());
   cv::Mat resized = rgb;
   if (rgb.rows != p.height || rgb.cols != p.width)
     cv::resize(rgb, resized, cv::Size(static_cast<int>(p.width), static_cast<int>(p.height)), 0, 0,
                cv::INTER_LINEAR);
   const size_t plane = static_cast<size_t>(p.height * p.width);
-  const size_t base = out.size();
-  out.resize(base + 3 * plane);
   // Each channel's 256 values, computed as the formula would per pixel (the
   // same floats), then looked up.
   float lut[3][256];
@@ -82,7 +86,7 @@ void preprocess_into(const cv::Mat& rgb, const Preprocess& p, std::vector<float>
     for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) / 255.f - p.mean[c]) / p.std[c];
   for (int y = 0; y < resized.rows; ++y) {
     const uint8_t* row = resized.ptr<uint8_t>(y);
-    float* r = out.data() + base + static_cast<size_t>(y) * p.width;
+    float* r = dst + static_cast<size_t>(y) * p.width;
     float* g = r + plane;
     float* b = g + plane;
     for (int x = 0; x < resized.cols; ++x) {

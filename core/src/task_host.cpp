@@ -3,6 +3,7 @@
 // run that lends its samples and outputs (TaskRun).
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include "explain_impl.h"
@@ -61,11 +62,13 @@ class ExplainerTaskHost final : public TaskHost {
   // geometry, every image preprocessed at its input size.
   Batch prepared(const std::vector<size_t>& which) {
     XCAM_CHECK(!which.empty(), "task: a forward of no samples");
-    std::vector<SampleInput> in;
-    for (size_t i : which) {
-      XCAM_CHECK(i < run_.size(), "task: sample {} of a run of {}", i, run_.size());
-      in.push_back(run_.load(i));
-    }
+    for (size_t i : which) XCAM_CHECK(i < run_.size(), "task: sample {} of a run of {}", i, run_.size());
+    // Decoded on the intra-op pool, between forwards (a gallery's images are
+    // a batch's only work besides its forward).
+    std::vector<SampleInput> in(which.size());
+    at::parallel_for(0, static_cast<int64_t>(which.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) in[static_cast<size_t>(k)] = run_.load(which[static_cast<size_t>(k)]);
+    });
     const auto groups = m_.groups_of(in);
     XCAM_CHECK(groups.size() == 1,
                "task: samples {} do not share one input geometry (image sizes, the plugin's batch_key); "

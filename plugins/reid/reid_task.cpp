@@ -9,8 +9,8 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <algorithm>
 #include <numeric>
-#include <regex>
 
 #include "reid.h"
 #include "xcam/retrieval.h"
@@ -22,11 +22,26 @@ namespace {
 // The identity and camera of a Market-1501 file name (its id):
 // PPPP_cCsS_FFFFFF_NN, with -1 for junk. False when the name is not one.
 bool market_name(const std::string& id, int64_t& pid, int64_t& cam) {
-  static const std::regex name(R"(^(-1|\d+)_c(\d+)s\d+_\d+_\d+$)");
-  std::smatch m;
-  if (!std::regex_match(id, m, name)) return false;
-  pid = std::stoll(m[1].str());
-  cam = std::stoll(m[2].str());
+  auto digits = [](const std::string& s, size_t from, size_t to) {
+    return to > from && to <= s.size() &&
+           std::all_of(s.begin() + static_cast<std::ptrdiff_t>(from), s.begin() + static_cast<std::ptrdiff_t>(to),
+                       [](char c) { return c >= '0' && c <= '9'; });
+  };
+  std::vector<std::string> part;
+  for (size_t at = 0;;) {
+    const size_t next = id.find('_', at);
+    part.push_back(id.substr(at, next == std::string::npos ? std::string::npos : next - at));
+    if (next == std::string::npos) break;
+    at = next + 1;
+  }
+  if (part.size() != 4 || !(part[0] == "-1" || digits(part[0], 0, part[0].size()))) return false;
+  const std::string& c = part[1];  // cCsS
+  const size_t s = c.find('s');
+  if (c.empty() || c[0] != 'c' || s == std::string::npos || !digits(c, 1, s) || !digits(c, s + 1, c.size()) ||
+      !digits(part[2], 0, part[2].size()) || !digits(part[3], 0, part[3].size()) || part[0].size() > 9 || s > 9)
+    return false;
+  pid = std::stoll(part[0]);
+  cam = std::stoll(c.substr(1, s - 1));
   return true;
 }
 

@@ -132,7 +132,9 @@ class TaskRun {
   virtual ~TaskRun() = default;
   virtual size_t size() const = 0;
   virtual const std::string& id(size_t i) const = 0;
-  virtual SampleInput load(size_t i) = 0;  // throws xcam::Error naming an unreadable input
+  // Throws xcam::Error naming an unreadable input. Called from several
+  // threads at once for distinct i.
+  virtual SampleInput load(size_t i) = 0;
   virtual void write_maps(const std::vector<MapResult>& maps) = 0;
   virtual void write_panel(const std::string& name, const std::string& title, const std::vector<MapResult>& maps) = 0;
   virtual void write_json(const std::string& name, const std::string& json) = 0;

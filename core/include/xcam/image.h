@@ -16,5 +16,8 @@ cv::Mat load_rgb(const std::string& path);
 
 // Appends 3 x height x width normalised floats (CHW) of `rgb` to `out`.
 void preprocess_into(const cv::Mat& rgb, const Preprocess& p, std::vector<float>& out);
+// The same written at `dst` (3 x height x width floats), for callers that
+// fill one batch from several threads.
+void preprocess_to(const cv::Mat& rgb, const Preprocess& p, float* dst);
 
 }  // namespace xcam
