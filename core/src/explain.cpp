@@ -434,14 +434,7 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
   // resized map renormalised too (interpolation moves its extremes off 0 and
   // 1), as the reference implementation's aggregation does. Then the views'
   // maps are put back onto the input and combined.
-  std::vector<std::pair<std::string, std::vector<size_t>>> groups{{"image", {}}};
-  for (size_t l = 0; l < outs.size(); ++l) {
-    const std::string on = M == layers.size() ? drawn_on(pass, l / M, l % M)
-                                              : (l < M ? std::string("image") : pass.stacked[l / M - 1]);
-    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == on; });
-    if (it == groups.end()) it = groups.insert(groups.end(), {on, {}});
-    it->second.push_back(l);
-  }
+  const auto groups = drawn_groups(pass, outs.size(), M);
   std::vector<at::Tensor> group_maps;
   for (const auto& [on, idx] : groups) {
     if (idx.empty()) {
@@ -506,6 +499,19 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
 
 std::string Explainer::Impl::drawn_on(const Pass& pass, size_t stack, size_t l) const {
   return stack == 0 ? plugin->image_of(layers[l]) : pass.stacked.at(stack - 1);
+}
+
+std::vector<std::pair<std::string, std::vector<size_t>>> Explainer::Impl::drawn_groups(const Pass& pass, size_t n,
+                                                                                       size_t M) const {
+  std::vector<std::pair<std::string, std::vector<size_t>>> groups{{"image", {}}};
+  for (size_t l = 0; l < n; ++l) {
+    const std::string on = M == layers.size() ? drawn_on(pass, l / M, l % M)
+                                              : (l < M ? std::string("image") : pass.stacked[l / M - 1]);
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == on; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {on, {}});
+    it->second.push_back(l);
+  }
+  return groups;
 }
 
 std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const Pass& pass, const std::vector<at::Tensor>& grads,

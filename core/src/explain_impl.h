@@ -175,6 +175,9 @@ struct Explainer::Impl {
   };
   // The image a map of `stack` and layer l is drawn on.
   std::string drawn_on(const Pass& pass, size_t stack, size_t l) const;
+  // The n method outputs (M per stacked image: one per layer, or one for a
+  // cross-layer method) grouped by the image they are drawn on, "image" first.
+  std::vector<std::pair<std::string, std::vector<size_t>>> drawn_groups(const Pass& pass, size_t n, size_t M) const;
   // The plugin's layouts of every tap and sample, checked: positions in
   // range, one grid size for the whole batch.
   std::vector<Laid> layouts_of(const Batch& batch, const TappedForward::Result& fwd) const;

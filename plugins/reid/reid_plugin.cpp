@@ -282,29 +282,28 @@ at::Tensor ReidPlugin::score(const c10::IValue& output, const Batch& batch, size
   const auto all = output.toTensor();
   const auto emb = embeddings(output, batch);
   const auto w = classifier_of(batch);
-  std::vector<at::Tensor> y;
-  if (readable) readable->assign(static_cast<size_t>(B), 0.0);
+  std::vector<at::Tensor> y, shown;  // shown: the readable score, read back once for the batch
   for (int64_t b = 0; b < B; ++b) {
     const Target& t = batch.targets.at(b).at(rank);
-    at::Tensor v;
-    double shown = 0;
     if (t.kind == "similarity") {
       // Not detached in a stacked pass: the rows are independent, so the
       // gradient on each side is that of the other side detached.
       const auto ref = batch.extras.count("stacked") ? all[B + b]
                                                      : batch.extras.at("reference_embedding").toTensor()[b];
-      v = at::cosine_similarity(emb[b], ref.to(emb.dtype()), 0);
-      shown = v.item<double>();
+      y.push_back(at::cosine_similarity(emb[b], ref.to(emb.dtype()), 0));
+      shown.push_back(y.back().detach());
     } else if (t.kind == "norm") {
-      v = emb[b].norm();
-      shown = v.item<double>();
+      y.push_back(emb[b].norm());
+      shown.push_back(y.back().detach());
     } else {
       const auto logits = at::matmul(emb[b], w.t().to(emb.dtype()));
-      v = logits[t.index];
-      shown = logits.detach().softmax(0)[t.index].item<double>();
+      y.push_back(logits[t.index]);
+      shown.push_back(logits.detach().softmax(0)[t.index]);
     }
-    if (readable) (*readable)[b] = shown;
-    y.push_back(v);
+  }
+  if (readable) {
+    const auto r = at::stack(shown).to(at::kCPU, at::kDouble).contiguous();
+    readable->assign(r.data_ptr<double>(), r.data_ptr<double>() + r.numel());
   }
   return at::stack(y);
 }
@@ -350,14 +349,14 @@ std::vector<std::string> ReidPlugin::stacked_images(const Batch& batch) const {
 
 std::map<std::string, std::string> ReidPlugin::metadata(const c10::IValue& output, const Batch& batch,
                                                         int64_t b) const {
-  const auto emb = embeddings(output, batch).detach().to(at::kDouble);
-  std::map<std::string, std::string> meta{{"embedding_norm", fmt::format("{:.6f}", emb[b].norm().item<double>())}};
+  const auto emb = embeddings(output, batch)[b].detach().to(at::kDouble);  // this sample's row only
+  std::map<std::string, std::string> meta{{"embedding_norm", fmt::format("{:.6f}", emb.norm().item<double>())}};
   if (has_reference(batch.samples.at(b))) {
     const auto ref = batch.extras.count("stacked")
                          ? output.toTensor()[static_cast<int64_t>(batch.ids.size()) + b]
                          : batch.extras.at("reference_embedding").toTensor()[b];
     meta["similarity"] =
-        fmt::format("{:.6f}", at::cosine_similarity(emb[b], ref.detach().to(at::kDouble), 0).item<double>());
+        fmt::format("{:.6f}", at::cosine_similarity(emb, ref.detach().to(at::kDouble), 0).item<double>());
   }
   return meta;
 }

@@ -106,6 +106,53 @@ at::Tensor embed(TaskHost& host, const std::vector<size_t>& which, int64_t batch
   return at::cat(parts);
 }
 
+// The id of the first of `queries` and `gallery` that is not a Market-1501 name.
+std::string first_unnamed(const TaskHost& host, const std::vector<size_t>& queries, const std::vector<size_t>& gallery) {
+  int64_t p, c;
+  for (const auto* set : {&queries, &gallery})
+    for (size_t i : *set)
+      if (!market_name(host.id(i), p, c)) return host.id(i);
+  return "";
+}
+
+// The query beside its ranked gallery images `shown` (sample indices), one
+// pass per pair giving the map on the query and on the gallery image; each
+// written, and a panel ranked_<query>.png: the query with its map against the
+// first, then each gallery image with its map, rank and cosine, framed by
+// `match` (1 green, 0 red, -1 none).
+void write_ranked(TaskHost& host, size_t query, const std::vector<size_t>& shown, const std::vector<int>& match,
+                  bool reference_maps) {
+  const std::string qid = host.id(query);
+  std::vector<size_t> pairs;
+  for (size_t r = 0; r < shown.size(); ++r)
+    pairs.push_back(host.pair(query, "reference", shown[r], fmt::format("{}_rank{}_{}", qid, r + 1, host.id(shown[r]))));
+  const auto maps = host.explain(pairs, std::vector<std::vector<std::string>>(pairs.size(), {"similarity"}));
+  std::vector<MapResult> tiles;
+  for (size_t r = 0; r < shown.size(); ++r) {
+    const std::string pid = host.id(pairs[r]);
+    for (const auto& m : maps) {
+      if (m.image_id != pid) continue;
+      if (m.on == "image" && r == 0) {
+        MapResult query_tile = m;
+        query_tile.meta["panel_header"] = fmt::format("query {} (map vs #1)", qid);
+        tiles.insert(tiles.begin(), query_tile);
+      }
+      if (m.on == "reference" || (m.on == "image" && !reference_maps)) {
+        MapResult tile = m;
+        tile.meta["panel_header"] = fmt::format("#{} {} sim {:.3f}", r + 1, host.id(shown[r]), m.score);
+        if (match[r] >= 0) tile.meta["panel_border"] = match[r] ? "green" : "red";
+        tiles.push_back(tile);
+      }
+    }
+  }
+  host.write_maps(maps);
+  const bool named = !match.empty() && match[0] >= 0;
+  host.write_panel("ranked_" + qid,
+                   fmt::format("{}: query and its top {} gallery images{}", qid, shown.size(),
+                               named ? " (green: same identity)" : ""),
+                   tiles);
+}
+
 }  // namespace
 
 void ReidPlugin::run_task(TaskHost& host, const std::string& task_json) const {
@@ -128,14 +175,7 @@ void ReidPlugin::run_task(TaskHost& host, const std::string& task_json) const {
   XCAM_CHECK(named || task.name == "search",
              "task evaluate needs Market-1501 file names (PPPP_cCsS_FFFFFF_NN.jpg, -1 for junk) for identities and "
              "cameras; '{}' is not one. Rename the images, or rank without identities with task search",
-             [&] {
-               int64_t p, c;
-               for (size_t i : queries)
-                 if (!market_name(host.id(i), p, c)) return host.id(i);
-               for (size_t j : gallery)
-                 if (!market_name(host.id(j), p, c)) return host.id(j);
-               return std::string();
-             }());
+             first_unnamed(host, queries, gallery));
 
   // Queries and gallery in one sequence of full batches: fewer distinct
   // batch shapes for the TorchScript executor to specialise on.
@@ -199,38 +239,13 @@ void ReidPlugin::run_task(TaskHost& host, const std::string& task_json) const {
     ranking.push_back(entry);
     if (i >= show || top.empty()) continue;
 
-    // The query beside its top-k: one pass per pair gives the map on the
-    // query and on the gallery image.
-    const std::string qid = host.id(queries[i]);
-    std::vector<size_t> pairs;
-    for (size_t r = 0; r < top.size(); ++r)
-      pairs.push_back(host.pair(queries[i], "reference", gallery[top[r]],
-                                fmt::format("{}_rank{}_{}", qid, r + 1, host.id(gallery[top[r]]))));
-    auto maps = host.explain(pairs, std::vector<std::vector<std::string>>(pairs.size(), {"similarity"}));
-    std::vector<MapResult> tiles;
-    for (size_t r = 0; r < top.size(); ++r) {
-      const std::string pid = host.id(pairs[r]);
-      for (auto& m : maps) {
-        if (m.image_id != pid) continue;
-        const std::string sim = fmt::format("{:.3f}", m.score);
-        if (m.on == "image" && r == 0) {
-          MapResult query_tile = m;
-          query_tile.meta["panel_header"] = fmt::format("query {} (map vs #1)", qid);
-          tiles.insert(tiles.begin(), query_tile);
-        }
-        if (m.on == "reference" || (m.on == "image" && !opt_.reference_maps)) {
-          MapResult tile = m;
-          tile.meta["panel_header"] = fmt::format("#{} {} sim {}", r + 1, host.id(gallery[top[r]]), sim);
-          if (named) tile.meta["panel_border"] = gp[top[r]] == qp[i] ? "green" : "red";
-          tiles.push_back(tile);
-        }
-      }
+    std::vector<size_t> shown;
+    std::vector<int> match;  // -1: identities unknown
+    for (size_t j : top) {
+      shown.push_back(gallery[j]);
+      match.push_back(named ? int(gp[j] == qp[i]) : -1);
     }
-    host.write_maps(maps);
-    host.write_panel("ranked_" + qid,
-                     fmt::format("{}: query and its top {} gallery images{}", qid, top.size(),
-                                 named ? " (green: same identity)" : ""),
-                     tiles);
+    write_ranked(host, queries[i], shown, match, opt_.reference_maps);
   }
   doc["ranking"] = ranking;
   host.write_json(task.name == "evaluate" ? "retrieval" : "search", doc.dump(1));
