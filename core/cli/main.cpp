@@ -479,6 +479,8 @@ struct BenchCommand {
   bool no_optimize = false;
   bool no_winograd = false;
   bool pair = false;
+  bool each = false;
+  std::string bimage, btext;
   std::string e2e_config;
   int io_threads = 2;
 
@@ -508,6 +510,85 @@ struct BenchCommand {
     cmd->add_flag("--pair", pair,
                   "Each sample has a \"reference\" image (a re-ID pair): time its maps against one forward of the "
                   "queries plus one of the references");
+    cmd->add_flag("--each", each,
+                  "Targets one at a time (a captioner's words): time the maps of all the sample's targets from one "
+                  "pass against one pass for its first target alone, and against a pass (forward and backward) per "
+                  "target");
+    cmd->add_option("--image", bimage, "--each: the sample's image (default: random pixels at the input size)");
+    cmd->add_option("--text", btext, "--each: the sample's text (a captioner's caption to explain as given, a prompt)");
+  }
+
+  // --each: one sample; its targets (the run's, e.g. every word of a
+  // caption) explained together, the first alone, and each alone. A target
+  // is asked for alone by its payload's "request" (plugins that set it) or
+  // its index.
+  int run_each(xcam::Explainer& ex) {
+    const auto& pre = ex.preprocess();
+    xcam::SampleInput s;
+    s.id = "each";
+    s.text = btext;
+    if (bimage.empty()) {
+      cv::RNG rng(0);
+      s.image.create(pre.height, pre.width, CV_8UC3);
+      rng.fill(s.image, cv::RNG::UNIFORM, 0, 256);
+    } else {
+      s.image = xcam::load_rgb(bimage);
+    }
+    std::vector<std::string> requests;
+    for (const auto& m : ex.explain({s})) {
+      const auto it = m.target.payload.find("request");
+      requests.push_back(it != m.target.payload.end() ? it->second : std::to_string(m.target_index));
+    }
+    XCAM_CHECK(requests.size() >= 2, "bench --each: the sample has {} target(s); give targets that make several (a "
+               "caption's words, --target top5)", requests.size());
+    xcam::StageTimes stages;
+    auto timed = [&](const std::vector<std::string>& req) {
+      xcam::SampleInput one = s;
+      one.requests = req;
+      const auto start = std::chrono::steady_clock::now();
+      ex.explain({one}, &stages);
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    };
+    std::vector<double> one_ms, all_ms, each_ms, r_all, r_each;  // ratios of each repeat's own timings
+    std::vector<double> stage_one[3], stage_all[3];               // forward, backward, map kernels
+    for (int i = 0; i < warmup + repeats; ++i) {
+      const double o = timed({requests[0]});
+      const xcam::StageTimes so = stages;
+      const double a = timed({});
+      if (i >= warmup)
+        for (int k = 0; k < 3; ++k) {
+          stage_one[k].push_back(k == 0 ? so.forward_ms : k == 1 ? so.backward_ms : so.cam_ms);
+          stage_all[k].push_back(k == 0 ? stages.forward_ms : k == 1 ? stages.backward_ms : stages.cam_ms);
+        }
+      double e = 0;
+      for (const auto& r : requests) e += timed({r});
+      if (i < warmup) continue;
+      one_ms.push_back(o);
+      all_ms.push_back(a);
+      each_ms.push_back(e);
+      r_all.push_back(a / o);
+      r_each.push_back(e / o);
+    }
+    const size_t K = requests.size();
+    if (!as_json) {
+      std::cout << fmt::format("model {}  layer {}  method {}  targets {}  input {}x{}  threads {}  repeats {}{}\n",
+                               bo.model, fmt::join(ex.layers(), "+"), bo.method, K, pre.height, pre.width, cb.threads,
+                               repeats, btext.empty() ? "" : "  text given");
+      std::cout << fmt::format("first target alone (one forward, one backward) {:9.2f} ms\n", median(one_ms));
+      std::cout << fmt::format("all {:2} targets from one pass                  {:9.2f} ms   ratio {:.3f}\n", K,
+                               median(all_ms), median(r_all));
+      std::cout << fmt::format("a forward and a backward per target           {:9.2f} ms   ratio {:.3f}\n",
+                               median(each_ms), median(r_each));
+      std::cout << fmt::format("  first alone: forward {:.2f}, gradients {:.2f}, map kernels {:.2f} ms; all: forward "
+                               "{:.2f}, gradients {:.2f}, map kernels {:.2f} ms\n",
+                               median(stage_one[0]), median(stage_one[1]), median(stage_one[2]), median(stage_all[0]),
+                               median(stage_all[1]), median(stage_all[2]));
+    }
+    std::cout << fmt::format("{{\"targets\": {}, \"one_ms\": {:.4f}, \"all_ms\": {:.4f}, \"each_ms\": {:.4f}, "
+                             "\"ratio_all\": {:.4f}, \"ratio_each\": {:.4f}, \"threads\": {}}}\n",
+                             K, median(one_ms), median(all_ms), median(each_ms), median(r_all), median(r_each),
+                             cb.threads);
+    return 0;
   }
 
   // --pair: B random query images, each with a random reference, at the
@@ -687,6 +768,7 @@ struct BenchCommand {
     bo.width = bsize[1];
     xcam::Explainer ex(bo);
     if (pair) return run_pair(ex);
+    if (each) return run_each(ex);
     std::mt19937 rng(0);
     std::normal_distribution<float> nd;
     std::vector<float> x(static_cast<size_t>(bbatch) * 3 * bsize[0] * bsize[1]);

@@ -886,7 +886,12 @@ class RunnerTask final : public TaskRun {
       XCAM_CHECK(m.on == "image" || it != item.others.end(), "task panel '{}': sample '{}' has no image '{}'", name,
                  m.image_id, m.on);
       const cv::Mat& rgb = m.on == "image" ? item.rgb : it->second;
-      tiles.push_back(render_overlay(rgb, map_at_image_size(m.map, m.height, m.width, rgb), w_.out.alpha, w_.cmap).overlay);
+      const auto tile = m.meta.find("panel_tile");
+      XCAM_CHECK(tile == m.meta.end() || tile->second == "image", "task panel '{}': panel_tile '{}' is not 'image'",
+                 name, tile->second);
+      if (tile != m.meta.end()) tiles.push_back(rgb.clone());  // the image itself, before its maps
+      else
+        tiles.push_back(render_overlay(rgb, map_at_image_size(m.map, m.height, m.width, rgb), w_.out.alpha, w_.cmap).overlay);
       if (const auto border = m.meta.find("panel_border"); border != m.meta.end())
         draw_border(tiles.back(), border->second);
     }
