@@ -64,6 +64,8 @@ class CaptionerPlugin final : public ArchPlugin {
 
   // The words of sample b's caption in a decoded batch.
   std::vector<std::string> caption(const Batch& batch, int64_t b) const;
+  // The words of one row of tokens (CPU, int64): after <start>, up to <end> or padding.
+  std::vector<std::string> caption_of(const at::Tensor& row) const;
   // The vocabulary: the option's, or the model's `vocab` attribute (read by
   // the first prepare()).
   const std::vector<std::string>& vocab() const;
@@ -78,11 +80,12 @@ class CaptionerPlugin final : public ArchPlugin {
   // The logits of the next token after `prefix` (n x L), without the
   // generation methods: a forward over the prefix.
   at::Tensor next_logits(torch::jit::Module& model, const at::Tensor& images, const at::Tensor& prefix) const;
+  at::Tensor model_step(torch::jit::Module& model, const at::Tensor& last, std::vector<at::Tensor>& state) const;
+  static at::Tensor prefixes(const std::vector<std::vector<int64_t>>& seq, int64_t start, int64_t s);
   std::vector<c10::IValue> teacher_inputs(torch::jit::Module& model, const at::Tensor& images,
                                           const at::Tensor& tokens) const;
   int64_t id_of(const std::vector<std::string>& vocab, const std::string& token, const std::string& what) const;
 
-  const XcamHost* host_;
   Options opt_;
   mutable struct {
     std::mutex mutex;

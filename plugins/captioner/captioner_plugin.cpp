@@ -24,8 +24,6 @@ int64_t positive(const nlohmann::json& v, const std::string& key) {
   return v.get<int64_t>();
 }
 
-bool is_flag(const std::string& req, const char* name) { return req == name; }
-
 // "step:3" -> 3; "word:circle" -> "circle".
 bool has_prefix(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
 
@@ -88,7 +86,7 @@ double bleu4(const std::vector<std::vector<std::string>>& hypotheses,
   return bp * std::exp(log_p);
 }
 
-CaptionerPlugin::CaptionerPlugin(const XcamHost* host, const char* options_json) : host_(host) {
+CaptionerPlugin::CaptionerPlugin(const XcamHost*, const char* options_json) {
   const auto opts = nlohmann::json::parse(options_json ? options_json : "{}", nullptr, false);
   XCAM_CHECK(opts.is_object(), "captioner plugin options must be a JSON object, got '{}'", options_json);
   auto text = [](const nlohmann::json& v, const std::string& key) {
@@ -112,14 +110,8 @@ CaptionerPlugin::CaptionerPlugin(const XcamHost* host, const char* options_json)
         opt_.vocab = read_vocab_file(text(value, key));
       }
       XCAM_CHECK(!opt_.vocab.empty(), "captioner plugin option vocab: the vocabulary is empty");
-    } else if (key == "start") {
-      opt_.start = text(value, key);
-    } else if (key == "end") {
-      opt_.end = text(value, key);
-    } else if (key == "pad") {
-      opt_.pad = text(value, key);
-    } else if (key == "unknown") {
-      opt_.unknown = text(value, key);
+    } else if (key == "start" || key == "end" || key == "pad" || key == "unknown") {
+      (key == "start" ? opt_.start : key == "end" ? opt_.end : key == "pad" ? opt_.pad : opt_.unknown) = text(value, key);
     } else if (key == "beam") {
       opt_.beam = positive(value, key);
     } else if (key == "max_words") {
@@ -282,6 +274,34 @@ at::Tensor CaptionerPlugin::next_logits(torch::jit::Module& model, const at::Ten
   return logits.select(1, L - 1);
 }
 
+// One decoder step through the model's step(): the logits of the next
+// token of every row, and `state` advanced.
+at::Tensor CaptionerPlugin::model_step(torch::jit::Module& model, const at::Tensor& last,
+                                       std::vector<at::Tensor>& state) const {
+  std::vector<c10::IValue> in{last};
+  for (const auto& t : state) in.emplace_back(t);
+  const auto out = model.get_method("step")(in);
+  XCAM_CHECK(out.isTuple() && out.toTupleRef().elements().size() == state.size() + 1,
+             "the model's step() returns {}; the captioner contract: (logits B x V, the new state: as many tensors as "
+             "encode() returned)",
+             out.tagKind());
+  const auto& el = out.toTupleRef().elements();
+  for (size_t k = 0; k < state.size(); ++k) state[k] = el[k + 1].toTensor();
+  return el[0].toTensor();
+}
+
+// <start> and the first `s` tokens of each row's words: R x (s + 1).
+at::Tensor CaptionerPlugin::prefixes(const std::vector<std::vector<int64_t>>& seq, int64_t start, int64_t s) {
+  const auto R = static_cast<int64_t>(seq.size());
+  auto prefix = at::empty({R, s + 1}, at::kLong);
+  auto acc = prefix.accessor<int64_t, 2>();
+  for (int64_t r = 0; r < R; ++r) {
+    acc[r][0] = start;
+    for (int64_t k = 0; k < s; ++k) acc[r][k + 1] = static_cast<size_t>(k) < seq[r].size() ? seq[r][k] : start;
+  }
+  return prefix;
+}
+
 std::vector<std::vector<int64_t>> CaptionerPlugin::beam_search(torch::jit::Module& model,
                                                                const at::Tensor& images) const {
   torch::NoGradGuard no_grad;
@@ -317,27 +337,8 @@ std::vector<std::vector<int64_t>> CaptionerPlugin::beam_search(torch::jit::Modul
   std::vector<std::vector<Done>> done(static_cast<size_t>(n));
   at::Tensor last = at::full({R}, start, at::kLong);
   for (int64_t s = 0; s < opt_.max_words && std::any_of(alive.begin(), alive.end(), [](char a) { return a; }); ++s) {
-    at::Tensor logits;
-    if (methods) {
-      std::vector<c10::IValue> in{last.to(images.device())};
-      for (const auto& t : state) in.emplace_back(t);
-      const auto out = model.get_method("step")(in);
-      XCAM_CHECK(out.isTuple() && out.toTupleRef().elements().size() == state.size() + 1,
-                 "the model's step() returns {}; the captioner contract: (logits B x V, the new state: as many "
-                 "tensors as encode() returned)",
-                 out.tagKind());
-      const auto& el = out.toTupleRef().elements();
-      logits = el[0].toTensor();
-      for (size_t k = 0; k < state.size(); ++k) state[k] = el[k + 1].toTensor();
-    } else {
-      auto prefix = at::empty({R, s + 1}, at::kLong);
-      auto acc = prefix.accessor<int64_t, 2>();
-      for (int64_t r = 0; r < R; ++r) {
-        acc[r][0] = start;
-        for (int64_t k = 0; k < s; ++k) acc[r][k + 1] = static_cast<size_t>(k) < seq[r].size() ? seq[r][k] : start;
-      }
-      logits = next_logits(model, rows_images, prefix.to(images.device()));
-    }
+    const at::Tensor logits = methods ? model_step(model, last.to(images.device()), state)
+                                      : next_logits(model, rows_images, prefixes(seq, start, s).to(images.device()));
     XCAM_CHECK(logits.dim() == 2 && logits.size(1) == static_cast<int64_t>(voc.size()),
                "the model gives {} scores a token; the vocabulary has {} tokens", logits.size(-1), voc.size());
     const auto logp = at::log_softmax(logits, 1).to(at::kCPU, at::kDouble).contiguous();
@@ -409,7 +410,11 @@ at::Tensor CaptionerPlugin::generate(torch::jit::Module& model, const Batch& bat
       to_generate.push_back(b);
       continue;
     }
-    for (const auto& w : split_words(s.text)) words[b].push_back(id_of(voc, w, "sample '" + s.id + "': its caption"));
+    const bool has_unknown = std::find(voc.begin(), voc.end(), opt_.unknown) != voc.end();
+    for (const auto& w : split_words(s.text))
+      words[b].push_back(has_unknown && std::find(voc.begin(), voc.end(), w) == voc.end()
+                             ? id_of(voc, opt_.unknown, "option unknown")
+                             : id_of(voc, w, "sample '" + s.id + "': its caption"));
     XCAM_CHECK(static_cast<int64_t>(words[b].size()) <= opt_.max_words,
                "sample '{}': its caption has {} words; the plugin's length cap is {} (option max_words{})", s.id,
                words[b].size(), opt_.max_words, opt_.pad_to > 0 ? ", and pad_to - 2" : "");
@@ -459,12 +464,16 @@ void CaptionerPlugin::decode(torch::jit::Module& model, Batch& batch) const {
 }
 
 std::vector<std::string> CaptionerPlugin::caption(const Batch& batch, int64_t b) const {
+  return caption_of(batch.extras.at("tokens").toTensor()[b].to(at::kCPU).contiguous());
+}
+
+std::vector<std::string> CaptionerPlugin::caption_of(const at::Tensor& row) const {
   const auto& voc = vocab();
-  const auto row = batch.extras.at("tokens").toTensor()[b].to(at::kCPU).contiguous();
   const int64_t end = id_of(voc, opt_.end, "option end"), pad = id_of(voc, opt_.pad, "option pad");
+  const int64_t* tok = row.data_ptr<int64_t>();
   std::vector<std::string> out;
   for (int64_t k = 1; k < row.size(0); ++k) {
-    const int64_t t = row[k].item<int64_t>();
+    const int64_t t = tok[k];
     if (t == end || t == pad) break;
     out.push_back(voc.at(static_cast<size_t>(t)));
   }
@@ -477,7 +486,7 @@ void CaptionerPlugin::resolve_targets(const c10::IValue& output, const TargetReq
              "the model returns {}; a captioner returns logits B x T x V (plugins/captioner/README.md)",
              output.isTensor() ? std::to_string(output.toTensor().dim()) + "-d tensor" : output.tagKind());
   const auto logits = output.toTensor();
-  const auto tokens = batch.extras.at("tokens").toTensor();
+  const auto tokens = batch.extras.at("tokens").toTensor().to(at::kCPU).contiguous();  // read once
   XCAM_CHECK(logits.size(1) == tokens.size(1),
              "the model returns logits for {} steps of a {}-token sequence. A traced model whose decoder is unrolled "
              "takes the token count it was traced with: set the plugin option pad_to to it",
@@ -488,7 +497,7 @@ void CaptionerPlugin::resolve_targets(const c10::IValue& output, const TargetReq
   batch.targets.assign(request.per_sample.size(), {});
   for (size_t b = 0; b < request.per_sample.size(); ++b) {
     const Sample& s = batch.samples.at(b);
-    const auto words = caption(batch, static_cast<int64_t>(b));
+    const auto words = caption_of(tokens[static_cast<int64_t>(b)]);
     const auto n = static_cast<int64_t>(words.size());
     const std::string text = fmt::format("{}", fmt::join(words, " "));
     XCAM_CHECK(n > 0, "sample '{}': its caption is empty (the model ended at once); there is no word to explain",
@@ -497,16 +506,16 @@ void CaptionerPlugin::resolve_targets(const c10::IValue& output, const TargetReq
       Target t;
       t.kind = "token";
       t.step = k;
-      t.index = tokens[static_cast<int64_t>(b)][k + 1].item<int64_t>();
+      t.index = tokens.data_ptr<int64_t>()[static_cast<int64_t>(b) * tokens.size(1) + k + 1];
       t.label = words[k];
       t.explains = fmt::format("word {} '{}' of '{}'", k + 1, words[k], text);
       t.payload["request"] = "step:" + std::to_string(k);
       batch.targets[b].push_back(t);
     };
     for (const auto& req : request.per_sample[b]) {
-      if (is_flag(req, "top1") || is_flag(req, "words") || is_flag(req, "all")) {
+      if (req == "top1" || req == "words" || req == "all") {
         for (int64_t k = 0; k < n; ++k) word(k);
-      } else if (is_flag(req, "first")) {
+      } else if (req == "first") {
         word(0);
       } else if (has_prefix(req, "step:")) {
         const std::string k = req.substr(5);
@@ -560,10 +569,10 @@ at::Tensor CaptionerPlugin::to_grid(const std::string& layer, const at::Tensor& 
 
 std::map<std::string, std::string> CaptionerPlugin::metadata(const c10::IValue& output, const Batch& batch,
                                                              int64_t b) const {
-  const auto words = caption(batch, b);
-  const auto row = batch.extras.at("tokens").toTensor()[b];
-  const bool ended = row.size(0) > static_cast<int64_t>(words.size()) + 1 &&
-                     row[static_cast<int64_t>(words.size()) + 1].item<int64_t>() == id_of(vocab(), opt_.end, "end");
+  const auto row = batch.extras.at("tokens").toTensor()[b].to(at::kCPU).contiguous();  // read once
+  const auto words = caption_of(row);
+  const auto n = static_cast<int64_t>(words.size());
+  const bool ended = row.size(0) > n + 1 && row.data_ptr<int64_t>()[n + 1] == id_of(vocab(), opt_.end, "end");
   const bool given = !batch.samples.at(b).text.empty();
   return {{"caption", fmt::format("{}", fmt::join(words, " "))},
           {"words", std::to_string(words.size())},

@@ -115,18 +115,6 @@ Truth truth_of(const Sample& s, int64_t height, int64_t width) {
   return t;
 }
 
-// Map mass inside a box over the whole map.
-double energy_in(const MapResult& m, const Box& b) {
-  double inside = 0, total = 0;
-  for (int64_t y = 0; y < m.height; ++y)
-    for (int64_t x = 0; x < m.width; ++x) {
-      const double v = m.map[static_cast<size_t>(y * m.width + x)];
-      total += v;
-      if (x >= b.x0 && x < b.x1 && y >= b.y0 && y < b.y1) inside += v;
-    }
-  return total > 0 ? inside / total : 0.0;
-}
-
 // The maps of `which`, explained `batch` samples at a time.
 std::vector<MapResult> explain_all(TaskHost& host, const std::vector<size_t>& which, int64_t batch,
                                    const std::vector<std::vector<std::string>>& requests = {}) {
@@ -160,7 +148,8 @@ nlohmann::json word_record(const MapResult& m, const Truth& truth) {
                    {"peak", {peak.peak_x, peak.peak_y}}};
   if (truth.has_boxes) {
     nlohmann::json energy = nlohmann::json::object();
-    for (const auto& [name, box] : truth.objects) energy[name] = energy_in(m, box);
+    for (const auto& [name, box] : truth.objects)
+      energy[name] = pointing_game(m.map.data(), m.height, m.width, {box}).energy;
     r["box_energy"] = energy;
   }
   return r;
