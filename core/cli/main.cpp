@@ -63,6 +63,8 @@ struct ModelFlags {
     cmd->add_flag("--aug-smooth", eo.aug_smooth, "Average the maps of 6 test-time augmentations (flip x 0.9/1/1.1)");
     cmd->add_option("--perturb-chunk", eo.score_chunk,
                     "Score-CAM / Ablation-CAM: perturbed inputs per forward")->capture_default_str();
+    cmd->add_flag("!--no-batch-targets", eo.batch_targets,
+                  "Several targets per sample: one backward per target, not one for all of them");
     cmd->add_flag("--eigen-smooth", eo.eigen_smooth,
                   "First principal component of the weighted activations, not their sum");
     cmd->add_option("--crops", crops, "Also explain ROWS x COLS overlapping crops and put their maps back onto "
@@ -480,7 +482,7 @@ struct BenchCommand {
   bool no_winograd = false;
   bool pair = false;
   bool each = false;
-  std::string bimage, btext;
+  std::string bimage, btext, btarget = "top1";
   std::string e2e_config;
   int io_threads = 2;
 
@@ -498,6 +500,8 @@ struct BenchCommand {
     cmd->add_flag("--eigen-smooth", bo.eigen_smooth, "First principal component of the weighted activations, not their sum");
     cmd->add_option("--perturb-chunk", bo.score_chunk, "Score-CAM / Ablation-CAM: perturbed inputs per forward")
         ->capture_default_str();
+    cmd->add_flag("!--no-batch-targets", bo.batch_targets,
+                  "Several targets per sample: one backward per target, not one for all of them");
     cmd->add_flag("--no-optimize", no_optimize,
                     "Score-CAM's masked forwards on the model as loaded, not a frozen inference-optimised copy");
     cmd->add_flag("--no-winograd", no_winograd,
@@ -514,14 +518,17 @@ struct BenchCommand {
                   "Targets one at a time (a captioner's words): time the maps of all the sample's targets from one "
                   "pass against one pass for its first target alone, and against a pass (forward and backward) per "
                   "target");
+    cmd->add_option("--target", btarget, "--each: top1 | topK | class index | class name (comma-separated)")
+        ->capture_default_str();
     cmd->add_option("--image", bimage, "--each: the sample's image (default: random pixels at the input size)");
     cmd->add_option("--text", btext, "--each: the sample's text (a captioner's caption to explain as given, a prompt)");
   }
 
   // --each: one sample; its targets (the run's, e.g. every word of a
-  // caption) explained together, the first alone, and each alone. A target
-  // is asked for alone by its payload's "request" (plugins that set it) or
-  // its index.
+  // caption) explained together as the options say (batch_targets), the
+  // first alone, and each alone, those two with a pass that keeps its graph
+  // and one backward. A target is asked for alone by its payload's
+  // "request" (plugins that set it) or its index.
   int run_each(xcam::Explainer& ex) {
     const auto& pre = ex.preprocess();
     xcam::SampleInput s;
@@ -541,27 +548,33 @@ struct BenchCommand {
     }
     XCAM_CHECK(requests.size() >= 2, "bench --each: the sample has {} target(s); give targets that make several (a "
                "caption's words, --target top5)", requests.size());
+    // One target, and one target at a time, the plain way: a pass that keeps
+    // its graph, one backward (an explainer that never takes gradients from
+    // copies of the taps).
+    xcam::ExplainerOptions plain_opt = bo;
+    plain_opt.batch_targets = false;
+    xcam::Explainer plain(plain_opt);
     xcam::StageTimes stages;
-    auto timed = [&](const std::vector<std::string>& req) {
+    auto timed = [&](xcam::Explainer& by, const std::vector<std::string>& req) {
       xcam::SampleInput one = s;
       one.requests = req;
       const auto start = std::chrono::steady_clock::now();
-      ex.explain({one}, &stages);
+      by.explain({one}, &stages);
       return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     };
     std::vector<double> one_ms, all_ms, each_ms, r_all, r_each;  // ratios of each repeat's own timings
     std::vector<double> stage_one[3], stage_all[3];               // forward, backward, map kernels
     for (int i = 0; i < warmup + repeats; ++i) {
-      const double o = timed({requests[0]});
+      const double o = timed(plain, {requests[0]});
       const xcam::StageTimes so = stages;
-      const double a = timed({});
+      const double a = timed(ex, {});
       if (i >= warmup)
         for (int k = 0; k < 3; ++k) {
           stage_one[k].push_back(k == 0 ? so.forward_ms : k == 1 ? so.backward_ms : so.cam_ms);
           stage_all[k].push_back(k == 0 ? stages.forward_ms : k == 1 ? stages.backward_ms : stages.cam_ms);
         }
       double e = 0;
-      for (const auto& r : requests) e += timed({r});
+      for (const auto& r : requests) e += timed(plain, {r});
       if (i < warmup) continue;
       one_ms.push_back(o);
       all_ms.push_back(a);
@@ -766,6 +779,7 @@ struct BenchCommand {
     bo.plugin_options = cb.plugin_options;
     bo.height = bsize[0];
     bo.width = bsize[1];
+    bo.targets = split(btarget, ',');
     xcam::Explainer ex(bo);
     if (pair) return run_pair(ex);
     if (each) return run_each(ex);

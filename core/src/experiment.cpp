@@ -202,6 +202,8 @@ void load_explainer(const Yaml& y, const YAML::Node& root, const std::string& ba
     e.score_chunk = y.as<int64_t>(root["perturb_chunk"], "perturb_chunk", "a positive integer");
     if (e.score_chunk < 1) y.fail(root["perturb_chunk"], "key 'perturb_chunk' must be at least 1");
   }
+  if (root["batch_targets"])
+    e.batch_targets = y.as<bool>(root["batch_targets"], "batch_targets", "true or false");
   if (root["winograd"]) e.winograd = y.as<bool>(root["winograd"], "winograd", "true or false");
   if (const auto& at = root["attention"]) load_attention(y, at, e.attention);
   if (const auto& cr = root["crops"]) {
@@ -380,7 +382,7 @@ ExperimentConfig load_experiment(const std::string& path) {
   y.unique_keys(root);
   y.only_keys(root, "the experiment", {"name", "model", "plugin", "plugin_dirs", "plugin_options", "labels",
                                        "preprocess", "layers", "methods", "targets", "inputs", "batch_size",
-                                       "threads", "io_threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "winograd",
+                                       "threads", "io_threads", "device", "aug_smooth", "eigen_smooth", "perturb_chunk", "batch_targets", "winograd",
                                        "attention", "crops", "outputs", "compare", "task"});
   const std::string base = fs::path(path).parent_path().string();
   ExperimentConfig c;

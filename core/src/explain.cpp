@@ -268,7 +268,8 @@ views::ViewSet Explainer::Impl::view_set(int64_t H, int64_t W) const {
 Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, const at::Tensor& images,
                                                     const std::vector<std::string>& ids,
                                                     const std::vector<std::vector<std::string>>& requests,
-                                                    StageTimes* times, const std::vector<SampleInput>* inputs) {
+                                                    StageTimes* times, const std::vector<SampleInput>* inputs,
+                                                    bool record_grad) {
   const int64_t B0 = static_cast<int64_t>(ids.size()), V = static_cast<int64_t>(set.views.size()), B = B0 * V;
   Pass p;
   p.text = !images.defined();
@@ -296,7 +297,7 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
     plugin->prepare(model.module(), p.batch);
     check_arity(p.batch.inputs);
     plugin->decode(model.module(), p.batch);
-    p.fwd = tapped->run(p.batch.inputs, /*record_grad=*/method->gradients);
+    p.fwd = tapped->run(p.batch.inputs, record_grad);
   } catch (const std::exception& e) {
     if (!p.text) throw;
     XCAM_THROW("sample '{}' is text only, and plugin '{}' cannot take it ({}); use a plugin that reads text",
@@ -395,16 +396,173 @@ std::vector<MapResult> Explainer::Impl::run(const at::Tensor& images, const std:
              "sample '{}' is text only; aug_smooth and crops transform images. Turn them off for text", ids.at(0));
   int64_t H = text ? 1 : images.size(2), W = text ? 1 : images.size(3);
   const auto set = view_set(H, W);
-  const Pass pass = forward_pass(set, images, ids, requests, times, inputs);
+  // Once copies of the taps have proved faster, the pass keeps no graph;
+  // when they cannot serve this batch, it runs again with one.
+  const bool copies = opt.batch_targets && rank_mode == RankMode::batched && method->gradients && !text;
+  Pass pass = forward_pass(set, images, ids, requests, times, inputs, method->gradients && !copies);
   if (text) W = pass.layouts[0].grid_h * pass.layouts[0].grid_w;  // a strip: 1 x T
+  if (copies) {
+    std::vector<std::vector<at::Tensor>> grads;
+    if (pass.stacked.empty()) {
+      const auto t = Clock::now();
+      grads = batched_gradients(pass, 0);
+      times->backward_ms += ms_since(t);
+    }
+    if (grads.empty()) {
+      rank_mode = RankMode::one_by_one;
+      pass = forward_pass(set, images, ids, requests, times, inputs, true);
+    } else {
+      std::vector<MapResult> results;
+      for (size_t r = 0; r < pass.ranks; ++r) rank_maps(pass, set, r, ids, H, W, times, results, &grads[r]);
+      return results;
+    }
+  }
+  return pass_maps(pass, set, ids, H, W, times);
+}
+
+std::vector<MapResult> Explainer::Impl::pass_maps(const Pass& pass, const views::ViewSet& set,
+                                                  const std::vector<std::string>& ids, int64_t H, int64_t W,
+                                                  StageTimes* times) {
   std::vector<MapResult> results;
+  // Several targets: one backward for all when that pays (batch_targets).
+  // The first two batches that have several time both ways, rank 0 on the
+  // pass's graph and the others from copies; the second, warm, decides.
+  const bool can_batch = opt.batch_targets && rank_mode == RankMode::undecided && method->gradients &&
+                         pass.ranks > 1 && !pass.text && pass.stacked.empty();
+  if (can_batch) {
+    const double before = times->backward_ms;
+    rank_maps(pass, set, 0, ids, H, W, times, results);
+    const double one = times->backward_ms - before;
+    for (size_t l = 0; l < layers.size(); ++l) tapped->warm_replacing(l);  // not timed
+    const auto t = Clock::now();
+    const auto batched = batched_gradients(pass, 1);
+    const double all = ms_since(t);
+    times->backward_ms += all;
+    if (batched.empty())
+      rank_mode = RankMode::one_by_one;
+    else if (++rank_trials == 2)
+      rank_mode = all < one * static_cast<double>(pass.ranks - 1) ? RankMode::batched : RankMode::one_by_one;
+    for (size_t r = 1; r < pass.ranks; ++r)
+      rank_maps(pass, set, r, ids, H, W, times, results, batched.empty() ? nullptr : &batched[r]);
+    return results;
+  }
   for (size_t r = 0; r < pass.ranks; ++r) rank_maps(pass, set, r, ids, H, W, times, results);
   return results;
 }
 
+namespace {
+
+// Unprepared batches as one, rows in order: images and each tensor extra
+// whose first dimension is its part's size concatenated; any other extra
+// must be one value in every part.
+Batch concat_rows(std::vector<Batch>& parts) {
+  if (parts.size() == 1) return std::move(parts[0]);  // its images stay one sample's, expanded
+  Batch out = std::move(parts.at(0));
+  std::vector<at::Tensor> images{out.images};
+  std::map<std::string, std::vector<at::Tensor>> rows;
+  const auto n0 = static_cast<int64_t>(out.ids.size());
+  for (const auto& [key, value] : out.extras)
+    if (value.isTensor() && value.toTensor().dim() > 0 && value.toTensor().size(0) == n0)
+      rows[key].push_back(value.toTensor());
+  for (size_t i = 1; i < parts.size(); ++i) {
+    Batch& p = parts[i];
+    const auto n = static_cast<int64_t>(p.ids.size());
+    images.push_back(p.images);
+    for (auto& v : p.ids) out.ids.push_back(std::move(v));
+    for (auto& v : p.samples) out.samples.push_back(std::move(v));
+    for (auto& v : p.targets) out.targets.push_back(std::move(v));
+    XCAM_CHECK(p.extras.size() == out.extras.size(), "the copies' extras differ in number");
+    for (const auto& [key, value] : p.extras) {
+      if (rows.count(key)) {
+        XCAM_CHECK(value.isTensor() && value.toTensor().dim() > 0 && value.toTensor().size(0) == n,
+                   "extra '{}' is per row in one copy and not in another", key);
+        rows[key].push_back(value.toTensor());
+      } else {
+        const auto it = out.extras.find(key);
+        XCAM_CHECK(it != out.extras.end() && it->second.isSameIdentity(value),
+                   "extra '{}' differs between copies of different samples", key);
+      }
+    }
+  }
+  out.images = at::cat(images);
+  for (auto& [key, list] : rows) out.extras[key] = at::cat(list);
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::vector<at::Tensor>> Explainer::Impl::batched_gradients(const Pass& pass, size_t first) {
+  const Batch& batch = pass.batch;
+  const auto B = static_cast<int64_t>(batch.ids.size()), R = static_cast<int64_t>(pass.ranks - first);
+  const size_t L = layers.size();
+  std::vector<at::Tensor> ys;  // per rank: the pass's B scores
+  for (size_t r = first; r < pass.ranks; ++r) ys.push_back(plugin->score(pass.fwd.output, batch, r, nullptr).detach());
+  const auto want = at::stack(ys, 1).to(at::kDouble).cpu().contiguous();  // B x R
+  const double* wp = want.data_ptr<double>();
+  std::vector<std::vector<std::vector<at::Tensor>>> parts_of(L, std::vector<std::vector<at::Tensor>>(R));
+  std::string mixed;  // why the copies cannot stand for the ranks
+  try {
+    // Each sample once per rank (row i * R + r: the chunk's sample i with
+    // target r), the layers after the taps run on a chunk's rows at once:
+    // at most 64 rows, or the pass's batch when larger, or one sample's R.
+    const int64_t per = std::max<int64_t>(1, std::max<int64_t>(64, B) / R);
+    for (int64_t b0 = 0; b0 < B && mixed.empty(); b0 += per) {
+      const int64_t n = std::min(B, b0 + per) - b0;
+      std::vector<Batch> parts;
+      for (int64_t b = b0; b < b0 + n; ++b) {
+        parts.push_back(
+            plugin->perturbation_batch(batch, b, 0, batch.images[b].unsqueeze(0).expand({R, -1, -1, -1})));
+        XCAM_CHECK(static_cast<int64_t>(parts.back().targets.size()) == R,
+                   "perturbation_batch() gave {} rows, not {}", parts.back().targets.size(), R);
+        for (int64_t r = 0; r < R; ++r) {
+          parts.back().targets[r] = {batch.targets[b][first + r]};
+          parts.back().targets[r].front().padding = false;
+        }
+      }
+      Batch copies = concat_rows(parts);
+      plugin->prepare(model.module(), copies);
+      const auto rows = at::arange(b0, b0 + n, at::kLong).repeat_interleave(R);
+      for (size_t l = 0; l < L && mixed.empty(); ++l) {
+        const at::Tensor& tap = pass.fwd.taps[l];
+        const auto leaf = tap.detach().index_select(0, rows.to(tap.device())).requires_grad_();
+        const at::Tensor y = plugin->score(tapped->run_replacing(copies.inputs, l, leaf, /*record_grad=*/true),
+                                           copies, 0, nullptr);
+        const auto got = y.detach().to(at::kDouble).cpu().contiguous();  // n R
+        for (int64_t i = 0; i < n * R && mixed.empty(); ++i) {
+          const double a = got.data_ptr<double>()[i], e = wp[b0 * R + i];
+          if (!(std::abs(a - e) <= 1e-4 * (1 + std::abs(e))))
+            mixed = fmt::format("sample '{}' target {} scores {} from copies of layer '{}' and {} in the batch",
+                                batch.ids[b0 + i / R], i % R, a, layers[l], e);
+        }
+        if (!mixed.empty()) break;
+        auto g = torch::autograd::grad({y.sum()}, {leaf}, {}, /*retain_graph=*/false, /*create_graph=*/false,
+                                       /*allow_unused=*/true)[0];
+        if (!g.defined()) return {};  // the one-by-one path says why
+        std::vector<int64_t> shape{n, R};
+        for (int64_t d = 1; d < g.dim(); ++d) shape.push_back(g.size(d));
+        g = g.view(shape);
+        for (int64_t r = 0; r < R; ++r) parts_of[l][static_cast<size_t>(r)].push_back(g.select(1, r));
+      }
+    }
+  } catch (const std::exception& e) {
+    mixed = first_line(e.what());
+  }
+  std::vector<std::vector<at::Tensor>> out(pass.ranks, std::vector<at::Tensor>(L));
+  if (mixed.empty())
+    for (size_t l = 0; l < L; ++l)
+      for (int64_t r = 0; r < R; ++r) out[first + r][l] = at::cat(parts_of[l][r]);
+  if (mixed.empty()) return out;
+  if (!rows_mix_noted)
+    std::cerr << fmt::format("xcam: note: {} cannot explain its targets from copies of the tapped layers ({}); "
+                             "one backward per target instead\n",
+                             model.path(), mixed);
+  rows_mix_noted = true;
+  return {};
+}
+
 void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, size_t r,
                                 const std::vector<std::string>& ids, int64_t H, int64_t W, StageTimes* times,
-                                std::vector<MapResult>& results) {
+                                std::vector<MapResult>& results, const std::vector<at::Tensor>* given) {
   const Batch& batch = pass.batch;
   const auto& fwd = pass.fwd;
   const int64_t B0 = static_cast<int64_t>(ids.size()), V = static_cast<int64_t>(set.views.size()), B = B0 * V;
@@ -414,7 +572,9 @@ void Explainer::Impl::rank_maps(const Pass& pass, const views::ViewSet& set, siz
   XCAM_CHECK(y.dim() == 1 && y.size(0) == B, "plugin '{}' returned scores of shape {} for a batch of {}", opt.plugin,
              c10::str(y.sizes()), B);
   std::vector<at::Tensor> grads(layers.size());
-  if (method->gradients)
+  if (given != nullptr)
+    grads = *given;
+  else if (method->gradients)
     grads = torch::autograd::grad({y.sum()}, fwd.taps, /*grad_outputs=*/{}, /*retain_graph=*/r + 1 < pass.ranks,
                                   /*create_graph=*/false, /*allow_unused=*/true);
   times->backward_ms += ms_since(t);

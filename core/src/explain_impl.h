@@ -182,14 +182,36 @@ struct Explainer::Impl {
   // range, one grid size for the whole batch.
   std::vector<Laid> layouts_of(const Batch& batch, const TappedForward::Result& fwd) const;
   views::ViewSet view_set(int64_t H, int64_t W) const;
+  // `record_grad`: the pass's graph is kept for the gradients (not when
+  // they come from copies of the taps).
   Pass forward_pass(const views::ViewSet& set, const at::Tensor& images, const std::vector<std::string>& ids,
                     const std::vector<std::vector<std::string>>& requests, StageTimes* times,
-                    const std::vector<SampleInput>* inputs);
+                    const std::vector<SampleInput>* inputs, bool record_grad);
+  // The maps of every rank of `pass`, gradients as rank_mode says.
+  std::vector<MapResult> pass_maps(const Pass& pass, const views::ViewSet& set, const std::vector<std::string>& ids,
+                                   int64_t H, int64_t W, StageTimes* times);
   // The maps of rank r's targets: scores, gradients, method, layers
   // aggregated, views combined; appended to `results`, low-resolution maps
   // of the reference view kept for last_lowres().
+  // `given`: the rank's gradients per layer when batched_gradients() made
+  // them, else null (one backward on the pass's graph).
   void rank_maps(const Pass& pass, const views::ViewSet& set, size_t r, const std::vector<std::string>& ids,
-                 int64_t H, int64_t W, StageTimes* times, std::vector<MapResult>& results);
+                 int64_t H, int64_t W, StageTimes* times, std::vector<MapResult>& results,
+                 const std::vector<at::Tensor>* given = nullptr);
+  // The gradients of ranks `first`.. ([rank][layer], B x ... each; ranks
+  // before `first` empty) from one backward per layer and chunk of samples
+  // (Options::batch_targets): the model after each tap run on one copy of
+  // it per sample and rank. Empty when the layers after a tap mix batch
+  // rows (a copy's score differs from the pass's), said once on stderr.
+  std::vector<std::vector<at::Tensor>> batched_gradients(const Pass& pass, size_t first);
+  // How several targets' gradients are taken: decided by timing both ways
+  // on the second batch that has several (the first runs cold). Once
+  // `batched`, the passes keep no graph and every batch's gradients come
+  // from copies (one rank: one copy).
+  enum class RankMode { undecided, batched, one_by_one };
+  RankMode rank_mode = RankMode::undecided;
+  int rank_trials = 0;
+  bool rows_mix_noted = false;
 };
 
 }  // namespace xcam

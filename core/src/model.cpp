@@ -565,7 +565,7 @@ std::vector<bool> TappedForward::leaves() const { return impl_->leaf; }
 std::string TappedForward::graph_text() const { return impl_->graph->toString(); }
 
 c10::IValue TappedForward::run_replacing(const std::vector<c10::IValue>& inputs, size_t tap,
-                                        const at::Tensor& value) {
+                                        const at::Tensor& value, bool record_grad) {
   XCAM_CHECK(tap < impl_->taps.size(), "tap index {} out of range ({} taps)", tap, impl_->taps.size());
   auto& code = impl_->replacing_code(tap);
   torch::jit::Stack stack;
@@ -573,10 +573,15 @@ c10::IValue TappedForward::run_replacing(const std::vector<c10::IValue>& inputs,
   stack.emplace_back(impl_->model->module()._ivalue());
   for (const auto& i : inputs) stack.push_back(i);
   stack.emplace_back(value);
-  c10::AutoGradMode grad(false);
+  c10::AutoGradMode grad(record_grad);
   torch::jit::InterpreterState state(code);
   state.run(stack);
   return stack.back();
+}
+
+void TappedForward::warm_replacing(size_t tap) {
+  XCAM_CHECK(tap < impl_->taps.size(), "tap index {} out of range ({} taps)", tap, impl_->taps.size());
+  impl_->replacing_code(tap);
 }
 
 TappedForward::Result TappedForward::run(const std::vector<c10::IValue>& inputs, bool record_grad) {

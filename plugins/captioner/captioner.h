@@ -2,8 +2,9 @@
 // captioners, forward(images B x 3 x H x W, tokens B x T[, detach_state])
 // -> logits B x T x V, teacher forced. A caption is generated (greedy or beam
 // search) without taps, then one teacher-forced pass over it gives every
-// word's map: one backward per word on the same graph, never a forward per
-// word.
+// word's map: the host's one backward for all the words (the decoder run
+// again from the tapped encoder output, one copy per word), never a
+// forward per word.
 //
 // captioner_plugin.cpp: options, vocabulary, decoding, targets, scores.
 // captioner_task.cpp: the dataset tasks `captions` and `keywords`.

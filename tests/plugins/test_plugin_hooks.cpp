@@ -141,8 +141,12 @@ TEST(Decode, RepeatedWordsGetTheirOwnFilesAndRecords) {
   EXPECT_EQ(rows[1]["outputs"][0], "val_000_" + w1 + ".npy");
   EXPECT_EQ(rows[2]["outputs"][0], "val_000_" + w0 + "_r2.npy");
   EXPECT_EQ(rows[0]["meta"]["caption"], w0 + " " + w1 + " " + w0);
-  EXPECT_EQ(xcam::read_npy(tmp / ("o/val_000_" + w0 + "_r0.npy")).f32,
-            xcam::read_npy(tmp / ("o/val_000_" + w0 + "_r2.npy")).f32);
+  // equal up to float rounding: one from the pass's graph, the other from
+  // the copies that the first batch with several targets times
+  const auto m0 = xcam::read_npy(tmp / ("o/val_000_" + w0 + "_r0.npy")).f32;
+  const auto m2 = xcam::read_npy(tmp / ("o/val_000_" + w0 + "_r2.npy")).f32;
+  ASSERT_EQ(m0.size(), m2.size());
+  for (size_t i = 0; i < m0.size(); ++i) ASSERT_NEAR(m0[i], m2[i], 1e-5) << i;
   EXPECT_NE(xcam::read_npy(tmp / ("o/val_000_" + w0 + "_r0.npy")).f32,
             xcam::read_npy(tmp / ("o/val_000_" + w1 + ".npy")).f32);
 }

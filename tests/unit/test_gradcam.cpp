@@ -174,6 +174,82 @@ TEST(GradCamTargets, TopKInOneForwardEqualsSingleTargets) {
   }
 }
 
+// Every rank's gradients from one backward (the layers after the tap run on
+// one copy of it per target) equal one backward per target on the pass's
+// graph: two layers at once, methods that read the gradients differently.
+TEST(GradCamTargets, BatchedTargetsEqualOneBackwardPerTarget) {
+  const auto input = xcam::read_npy(xcam::test::data("golden/shapes_input.npy"));
+  const int64_t B = input.shape[0];
+  for (const std::string method : {"gradcam", "gradcam++", "layercam"}) {
+    auto o = options(kCases[0], {"block2", "block4"});
+    o.method = method;
+    o.targets = {"top4"};
+    xcam::Explainer batched(o);
+    o.batch_targets = false;
+    xcam::Explainer one_by_one(o);
+    testing::internal::CaptureStderr();
+    const auto a = batched.explain_preprocessed(input.f32, B, sample_ids(B));
+    EXPECT_EQ(testing::internal::GetCapturedStderr(), "");  // no fallback
+    const auto b = one_by_one.explain_preprocessed(input.f32, B, sample_ids(B));
+    ASSERT_EQ(a.size(), b.size());
+    ASSERT_EQ(static_cast<int64_t>(a.size()), 4 * B);
+    for (size_t i = 0; i < a.size(); ++i) {
+      ASSERT_EQ(a[i].target_index, b[i].target_index);
+      EXPECT_LT(xcam::test::max_abs_diff(a[i].map, b[i].map, 0), 1e-5) << method << " " << a[i].image_id << " rank "
+                                                                       << a[i].rank;
+      EXPECT_NEAR(a[i].score, b[i].score, 1e-6);
+    }
+  }
+}
+
+// A model whose layers after the tap mix the batch's rows (each activation
+// plus half the previous row's): copies of one sample's tap do not stand for
+// the batch, the copies' scores say so, and the ranks go one backward each
+// (a note on stderr), maps equal to the float64 reference of that batch
+// (rank r's gradient: of the sum of the batch's rank-r scores, as one
+// backward on the pass's graph gives it).
+TEST(GradCamTargets, LayersThatMixBatchRowsFallBackToOneBackwardPerTarget) {
+  xcam::test::TempDir tmp("mix");
+  torch::manual_seed(3);
+  torch::jit::Module body("Body");
+  body.register_parameter("w", torch::randn({6, 3, 3, 3}), false);
+  body.define("def forward(self, x):\n  return torch.relu(torch.conv2d(x, self.w, None, 2, 1))\n");
+  torch::jit::Module m("Mix");
+  m.register_module("body", body);
+  m.register_parameter("fc", torch::randn({5, 6}), false);
+  m.define(
+      "def forward(self, x):\n"
+      "  a = self.body.forward(x)\n"
+      "  a = torch.tanh(a + 0.5 * a.roll(1, 0))\n"
+      "  return torch.matmul(a.mean([2, 3]), self.fc.t())\n");
+  m.save(tmp / "mix.pt");
+  auto o = xcam::test::cnn_options(tmp / "mix.pt", "body", 32);
+  o.targets = {"top3"};
+  xcam::Explainer ex(o);
+  const int64_t B = 3;
+  const auto x = torch::randn({B, 3, 32, 32});
+  std::vector<float> in(x.data_ptr<float>(), x.data_ptr<float>() + x.numel());
+  testing::internal::CaptureStderr();
+  const auto maps = ex.explain_preprocessed(in, B, sample_ids(B));
+  const std::string note = testing::internal::GetCapturedStderr();
+  EXPECT_NE(note.find("one backward per target instead"), std::string::npos) << note;
+  ASSERT_EQ(static_cast<int64_t>(maps.size()), 3 * B);
+  // float64 reference on the whole batch
+  auto md = m.clone();
+  md.to(torch::kDouble);
+  const auto A = md.attr("body").toModule().forward({x.to(torch::kDouble)}).toTensor().detach().requires_grad_();
+  const auto y = torch::matmul(torch::tanh(A + 0.5 * A.roll(1, 0)).mean({2, 3}), md.attr("fc").toTensor().t());
+  for (size_t r = 0; r < 3; ++r) {
+    auto s = y.new_zeros({});
+    for (int64_t b = 0; b < B; ++b) s = s + y[b][maps[r * B + b].target_index];
+    const auto g = torch::autograd::grad({s}, {A}, {}, true)[0];
+    const auto ref = resize(reference_lowres(A.detach(), g), 32, 32).to(torch::kFloat32).contiguous();
+    const std::vector<float> rv(ref.data_ptr<float>(), ref.data_ptr<float>() + ref.numel());
+    for (int64_t b = 0; b < B; ++b)
+      EXPECT_LT(xcam::test::max_abs_diff(maps[r * B + b].map, rv, b * 32 * 32), 1e-4) << "sample " << b << " rank " << r;
+  }
+}
+
 TEST(GradCamTargets, UnknownClassNameAndOutOfRangeIndexAreRefused) {
   auto o = options(kCases[0], {"block4"});
   o.labels_file = xcam::test::source("zoo/models/shapes_labels.txt");

@@ -42,6 +42,18 @@ struct ExplainerOptions {
   std::string labels_file;              // class names, one a line
   std::string device = "cpu";
   int64_t score_chunk = 32;             // Score-CAM, Ablation-CAM: perturbed inputs per forward
+  // Several targets per sample (top3, a caption's words): every target's
+  // gradient from one backward per layer, the model after the tap run again
+  // on one copy of the tapped value per sample and target, where that is
+  // faster than one backward per target on the pass's graph. The first two
+  // batches with several targets time both ways, the second (warm) keeps
+  // the faster: copies win where the layers after the tap cost little per
+  // row and much per node (an unrolled decoder), one backward each where
+  // they are heavy (a CNN tapped early). The maps are the same either way;
+  // a model whose layers after the tap mix batch rows is noticed (a copy's
+  // score differs from the pass's) and gets one backward per target.
+  // false: always one backward per target.
+  bool batch_targets = true;
   // Score-CAM's masked inputs and the faithfulness metrics' perturbed inputs
   // go through a frozen, inference-optimised copy of the model (batch norm
   // folded; on the CPU, with oneDNN, every convolution called on oneDNN

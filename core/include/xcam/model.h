@@ -77,9 +77,14 @@ class TappedForward {
   // The model's output with tap `tap` (request index) replaced by `value`:
   // everything the model computes after that point runs on `value` (same
   // shape as the tapped tensor, any batch size matching `inputs`); what only
-  // led up to the tap is not computed. No autograd. Ablation-CAM's forwards.
-  // `value` may be modified in place by the model's own in-place ops.
-  c10::IValue run_replacing(const std::vector<c10::IValue>& inputs, size_t tap, const at::Tensor& value);
+  // led up to the tap is not computed. Ablation-CAM's forwards (no
+  // autograd: `value` may be modified in place by the model's own in-place
+  // ops), and with record_grad every target's gradient from one backward
+  // (`value` a leaf that requires grad, one copy of the tap per target).
+  c10::IValue run_replacing(const std::vector<c10::IValue>& inputs, size_t tap, const at::Tensor& value,
+                            bool record_grad = false);
+  // Builds run_replacing's graph for `tap` now (it is built on first use).
+  void warm_replacing(size_t tap);
 
   const std::vector<TapPoint>& taps() const;
   // Per request: whether that tap is an autograd leaf of its own.
