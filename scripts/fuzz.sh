@@ -3,7 +3,7 @@
 # AddressSanitizer + UBSan) and runs each harness for SECONDS (default 600)
 # from its committed seed corpus, after replaying every input kept in
 # fuzz/regressions/<name>/ (crashes found before, which must stay fixed).
-#   scripts/fuzz.sh [SECONDS] [NAME...]     NAME: config manifest image plugin_descriptor
+#   scripts/fuzz.sh [SECONDS] [NAME...]     NAME: config manifest image plugin_descriptor tokenizer
 # New inputs that reach new code go to build/fuzz/corpus/<name>/; a crash is
 # written to build/fuzz/crashes/<name>/ and fails the script: copy it into
 # fuzz/regressions/<name>/ with the fix.
@@ -14,7 +14,7 @@ export CCACHE_BASEDIR="$PWD"
 SECONDS_EACH=${1:-600}
 shift || true
 NAMES=("$@")
-[ ${#NAMES[@]} -gt 0 ] || NAMES=(config manifest image plugin_descriptor)
+[ ${#NAMES[@]} -gt 0 ] || NAMES=(config manifest image plugin_descriptor tokenizer)
 [ -f build/fuzz/CMakeCache.txt ] || cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz
 # The harnesses link LibTorch (through libxcam), which is not instrumented:

@@ -7,6 +7,8 @@ PACKAGES=(
   build-essential cmake ccache pkg-config
   libtorch-dev libdnnl-dev libyaml-cpp-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libopencv-imgcodecs-dev libopencv-imgproc-dev libdeflate-dev
+  # core's tokenizer: Unicode categories, normalization and regexes
+  libicu-dev
   googletest libgtest-dev libbenchmark-dev
   python3-torch python3-torchvision python3-numpy python3-opencv python3-venv
   # scripts/fuzz.sh: libFuzzer comes with clang 14; the fuzz preset builds

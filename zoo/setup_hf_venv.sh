@@ -18,7 +18,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-$repo_root/.venv-hf}"
 
 . "$repo_root/zoo/venv_common.sh"
-apt_install_missing setup_hf_venv python3-torch python3-torchvision python3-numpy python3-opencv python3-venv
+apt_install_missing setup_hf_venv python3-torch python3-torchvision python3-numpy python3-opencv python3-venv python3-jinja2
 make_venv "$venv"
 
 have() { "$venv/bin/python" -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p' || true; }
