@@ -1,0 +1,111 @@
+// The traced VLM's inputs, as zoo/vlm_model.py's reference functions compute
+// them (resized_size, image_to_patches, build_prompt_ids, rope_position_ids,
+// vision_rotary, cu_seqlens); tests/plugins/test_vlm.cpp checks them against
+// zoo/models/vlm/reference_inputs.json.
+#include <algorithm>
+#include <cmath>
+
+#include "vlm.h"
+#include "xcam/error.h"
+#include "xcam/tokenizer.h"
+
+namespace xcam::vlm {
+
+std::array<int64_t, 2> resized_size(int64_t height, int64_t width, const Geometry& g) {
+  const int64_t factor = g.patch * g.merge;
+  XCAM_CHECK(height >= factor && width >= factor &&
+                 double(std::max(height, width)) / double(std::min(height, width)) <= 200.0,
+             "a {} x {} image cannot be resized for this VLM: each side must be at least {} pixels (patch {} x "
+             "merge {}) and the aspect ratio at most 200",
+             height, width, factor, g.patch, g.merge);
+  const auto f = double(factor);
+  auto h = static_cast<int64_t>(std::nearbyint(double(height) / f)) * factor;
+  auto w = static_cast<int64_t>(std::nearbyint(double(width) / f)) * factor;
+  if (h * w > g.max_pixels) {
+    const double beta = std::sqrt(double(height) * double(width) / double(g.max_pixels));
+    h = static_cast<int64_t>(std::floor(double(height) / beta / f)) * factor;
+    w = static_cast<int64_t>(std::floor(double(width) / beta / f)) * factor;
+  } else if (h * w < g.min_pixels) {
+    const double beta = std::sqrt(double(g.min_pixels) / (double(height) * double(width)));
+    h = static_cast<int64_t>(std::ceil(double(height) * beta / f)) * factor;
+    w = static_cast<int64_t>(std::ceil(double(width) * beta / f)) * factor;
+  }
+  return {h, w};
+}
+
+at::Tensor image_to_patches(const at::Tensor& image, const Geometry& g) {
+  const int64_t p = g.patch, m = g.merge, tp = g.temporal, h = image.size(1), w = image.size(2);
+  XCAM_CHECK(image.dim() == 3 && image.size(0) == 3 && h % (p * m) == 0 && w % (p * m) == 0,
+             "the vlm plugin takes images whose sides are multiples of {} (patch {} x merge {}), got {}; leave the "
+             "input size to the plugin (no --size / preprocess.size) or give multiples of {}",
+             p * m, p, m, c10::str(image.sizes()), p * m);
+  const int64_t gh = h / p, gw = w / p;
+  const auto frames = image.unsqueeze(0).expand({tp, 3, h, w});  // the image as tp equal frames
+  return frames.reshape({1, tp, 3, gh / m, m, p, gw / m, m, p})
+      .permute({0, 3, 6, 4, 7, 2, 1, 5, 8})  // t, bh, bw, mh, mw, c, frame, y, x
+      .reshape({gh * gw, 3 * tp * p * p})
+      .contiguous();
+}
+
+std::vector<int64_t> prompt_ids(const Tokenizer& tok, int64_t image_tokens, const std::string& question) {
+  const std::string text =
+      tok.chat_prompt({{"user", {ChatPart::of_image(image_tokens), ChatPart::of_text(question)}}}, true);
+  return tok.ids(text, /*add_special_tokens=*/false);
+}
+
+std::vector<int64_t> rope_position_ids(const std::vector<int64_t>& ids, int64_t gh, int64_t gw, const Geometry& g) {
+  const auto T = static_cast<int64_t>(ids.size());
+  std::vector<int64_t> pos(static_cast<size_t>(3 * T));
+  auto at = [&](int64_t axis, int64_t i) -> int64_t& { return pos[static_cast<size_t>(axis * T + i)]; };
+  const auto first = std::find(ids.begin(), ids.end(), g.image_token);
+  if (first == ids.end()) {
+    for (int64_t i = 0; i < T; ++i) at(0, i) = at(1, i) = at(2, i) = i;
+    return pos;
+  }
+  const int64_t s = first - ids.begin(), lh = gh / g.merge, lw = gw / g.merge, n = lh * lw;
+  XCAM_CHECK(s + n <= T && std::all_of(first, first + n, [&](int64_t t) { return t == g.image_token; }),
+             "the prompt must hold {} consecutive image tokens (a {} x {} grid)", n, gh, gw);
+  for (int64_t i = 0; i < s; ++i) at(0, i) = at(1, i) = at(2, i) = i;
+  for (int64_t r = 0; r < lh; ++r)
+    for (int64_t c = 0; c < lw; ++c) {
+      const int64_t i = s + r * lw + c;
+      at(0, i) = s;  // one frame
+      at(1, i) = s + r;
+      at(2, i) = s + c;
+    }
+  const int64_t next = s + std::max({int64_t{0}, lh - 1, lw - 1}) + 1;
+  for (int64_t i = s + n; i < T; ++i) at(0, i) = at(1, i) = at(2, i) = next + (i - s - n);
+  return pos;
+}
+
+at::Tensor vision_rotary(int64_t gh, int64_t gw, const Geometry& g) {
+  // As transformers computes it (float32 throughout), so the angles are the same bits.
+  const int64_t d = g.vision_head_dim / 2;
+  const auto inv_freq = 1.0 / at::pow(g.vision_theta, at::arange(0, d, 2, at::kFloat) / double(d));
+  const auto table = at::outer(at::arange(std::max(gh, gw), at::kFloat), inv_freq);
+  const int64_t m = g.merge;
+  std::vector<int64_t> rows, cols;
+  for (int64_t bh = 0; bh < gh / m; ++bh)
+    for (int64_t bw = 0; bw < gw / m; ++bw)
+      for (int64_t mh = 0; mh < m; ++mh)
+        for (int64_t mw = 0; mw < m; ++mw) {
+          rows.push_back(bh * m + mh);
+          cols.push_back(bw * m + mw);
+        }
+  return at::cat({table.index_select(0, torch::tensor(rows, at::kLong)),
+                  table.index_select(0, torch::tensor(cols, at::kLong))},
+                 1);
+}
+
+at::Tensor cu_seqlens(int64_t gh, int64_t gw) { return torch::tensor(std::vector<int64_t>{0, gh * gw}, at::kLong); }
+
+at::Tensor patches_to_grid(const at::Tensor& tokens, int64_t gh, int64_t gw, int64_t merge) {
+  const int64_t C = tokens.size(-1);
+  return tokens.reshape({gh / merge, gw / merge, merge, merge, C})
+      .permute({0, 2, 1, 3, 4})  // bh, mh, bw, mw: rows bh*m + mh, columns bw*m + mw
+      .reshape({gh, gw, C})
+      .permute({2, 0, 1})
+      .unsqueeze(0);
+}
+
+}  // namespace xcam::vlm
