@@ -11,15 +11,19 @@
 #include <random>
 #include <sstream>
 
+#include "xcam/attention_outputs.h"
+#include "xcam/attention_stats.h"
 #include "xcam/compare.h"
 #include "xcam/error.h"
 #include "xcam/experiment.h"
 #include "xcam/explainer.h"
 #include "xcam/image.h"
 #include "xcam/inspect.h"
+#include "xcam/io.h"
 #include "xcam/plugin_loader.h"
 #include "xcam/render.h"
 #include "xcam/runtime_info.h"
+#include "xcam/tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -841,6 +845,87 @@ struct DoctorCommand {
   }
 };
 
+// `xcam attention`: per-head statistics and pattern labels of the attention a
+// model returns, averaged over the texts (docs/attention.md).
+struct AttentionCommand {
+  CLI::App* cmd = nullptr;
+  std::string model, tokenizer, out_dir, stat = "entropy_norm";
+  std::vector<std::string> texts;
+  int64_t window = 2;
+  int threads = 0;
+
+  void add(CLI::App& app) {
+    cmd = app.add_subcommand("attention", "Per-head attention statistics and pattern labels (CSV, JSON, heat map)");
+    cmd->add_option("--model", model, "TorchScript model returning its attentions (output_attentions=True)")
+        ->required();
+    cmd->add_option("--tokenizer", tokenizer, "The model's Hugging Face tokenizer.json");
+    one_each(cmd->add_option("--text", texts, "A text to run (repeat for several; statistics are averaged)")
+                 ->required());
+    cmd->add_option("--out", out_dir, "Output directory (attention_stats.csv, .json, attention_STAT.png)")
+        ->required();
+    cmd->add_option("--window", window, "w of the local share: keys with |i - j| <= w")->capture_default_str();
+    cmd->add_option("--stat", stat, "The statistic of the heat map")->capture_default_str();
+    cmd->add_option("--threads", threads, "Intra-op threads (0: all cores)")->capture_default_str();
+  }
+
+  int run() {
+    XCAM_CHECK(!tokenizer.empty(),
+               "`xcam attention` needs the model's tokenizer: give --tokenizer tokenizer.json (the zoo BERT's is "
+               "zoo/models/tokenizers/bert/tokenizer.json)");
+    XCAM_CHECK(fs::is_regular_file(tokenizer),
+               "tokenizer '{}' does not exist; give --tokenizer the model's Hugging Face tokenizer.json",
+               tokenizer);
+    XCAM_CHECK(std::find(xcam::head_stat_names().begin(), xcam::head_stat_names().end(), stat) !=
+                   xcam::head_stat_names().end(),
+               "--stat '{}' is not a head statistic; expected one of {}", stat,
+               fmt::join(xcam::head_stat_names(), ", "));
+    xcam::set_threads(threads);
+    const auto tok = xcam::Tokenizer::from_file(tokenizer);
+    const auto net = xcam::AttentionModel::load(model);
+    std::vector<std::vector<std::vector<xcam::HeadStats>>> per_text;  // [text][layer][head]
+    bool has_cls = false;
+    for (const auto& text : texts) {
+      const auto enc = tok.encode(text, true);
+      xcam::TokenFacts facts;
+      facts.window = window;
+      for (size_t k = 0; k < enc.ids.size(); ++k) {
+        const auto& t = enc.tokens[k];
+        facts.cls.push_back(enc.special[k] && (t == "[CLS]" || t == "<s>"));
+        facts.sep.push_back(enc.special[k] && (t == "[SEP]" || t == "</s>"));
+        has_cls = has_cls || facts.cls.back();
+      }
+      const auto att = net.run(enc.ids, std::vector<int64_t>(enc.ids.size(), 1));
+      XCAM_CHECK(per_text.empty() || per_text.front().size() == att.layers.size(),
+                 "model '{}' returned {} attention layers for one text and {} for another", model,
+                 per_text.empty() ? 0 : per_text.front().size(), att.layers.size());
+      per_text.emplace_back();
+      for (const auto& layer : att.layers)
+        per_text.back().push_back(xcam::layer_head_stats(layer.data(), att.heads, att.tokens, facts));
+    }
+    xcam::AttentionTable table;
+    table.window = window;
+    table.texts = static_cast<int64_t>(texts.size());
+    for (size_t l = 0; l < per_text.front().size(); ++l) {
+      table.rows.emplace_back();
+      for (size_t h = 0; h < per_text.front()[l].size(); ++h) {
+        std::vector<xcam::HeadStats> each;
+        for (const auto& t : per_text) each.push_back(t[l][h]);
+        table.rows.back().push_back(xcam::mean_head_stats(each));
+      }
+    }
+    xcam::label_table(table, has_cls);
+    fs::create_directories(out_dir);
+    xcam::write_file_atomic((fs::path(out_dir) / "attention_stats.csv").string(), xcam::attention_table_csv(table));
+    xcam::write_file_atomic((fs::path(out_dir) / "attention_stats.json").string(),
+                            xcam::attention_table_json(table));
+    const auto png = fs::path(out_dir) / ("attention_" + stat + ".png");
+    xcam::write_attention_heatmap(png.string(), table, stat);
+    std::cout << xcam::attention_table_text(table) << "wrote " << (fs::path(out_dir) / "attention_stats.csv").string()
+              << ", attention_stats.json, " << png.filename().string() << "\n";
+    return 0;
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -854,6 +939,7 @@ int main(int argc, char** argv) {
   PluginsCommand plugins;
   BenchCommand bench;
   DoctorCommand doctor;
+  AttentionCommand attention;
   explain.add(app);
   run.add(app);
   compare.add(app);
@@ -861,6 +947,7 @@ int main(int argc, char** argv) {
   plugins.add(app);
   bench.add(app);
   doctor.add(app);
+  attention.add(app);
 
   CLI11_PARSE(app, argc, argv);
   if (*explain.cmd || *run.cmd || *compare.cmd || *bench.cmd) warn_if_slow_blas();
@@ -873,6 +960,7 @@ int main(int argc, char** argv) {
     if (*plugins.cmd) return plugins.run();
     if (*doctor.cmd) return doctor.run();
     if (*bench.cmd) return bench.run();
+    if (*attention.cmd) return attention.run();
   } catch (const xcam::Error& e) {
     std::cerr << "xcam: error: " << e.what() << "\n";
     return 1;

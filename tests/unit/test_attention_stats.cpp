@@ -1,0 +1,377 @@
+// Per-head attention statistics and pattern labels (docs/attention.md):
+// every statistic against a float64 reference and the zoo's Python reference,
+// the label of each hand-made pattern, and `xcam attention` end to end on the
+// zoo BERT (its designed heads found by their labels) and its errors.
+#include <gtest/gtest.h>
+#include <torch/script.h>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <numeric>
+#include <random>
+
+#include "../common.h"
+#include "xcam/attention_stats.h"
+#include "xcam/error.h"
+
+using xcam::test::expect_one_line_error;
+using xcam::test::run_command;
+using xcam::test::source;
+using xcam::test::TempDir;
+using xcam::test::xcam_cmd;
+
+namespace {
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in.is_open()) << path;
+  return nlohmann::json::parse(in);
+}
+
+const nlohmann::json& fixture() {
+  static const nlohmann::json j = read_json(source("zoo/models/bert/attention_fixture.json"));
+  return j;
+}
+
+// The statistics written out in float64, straight from their definitions in
+// attention_stats.h: a[i][j] of one head, `valid` / `cls` / `sep` per position.
+std::vector<double> reference_stats(const std::vector<std::vector<double>>& a, const std::vector<bool>& valid,
+                                    const std::vector<bool>& cls, const std::vector<bool>& sep, int64_t w) {
+  const auto T = static_cast<int64_t>(a.size());
+  double n = 0;
+  for (const bool v : valid) n += v ? 1 : 0;
+  double ent = 0, ent_n = 0, dist = 0, c = 0, s = 0, diag = 0, prev = 0, next = 0, local = 0, causal = 0;
+  double prev_rows = 0, next_rows = 0;
+  for (int64_t i = 0; i < T; ++i) {
+    if (!valid[i]) continue;
+    double e = 0;
+    for (int64_t j = 0; j < T; ++j) {
+      if (!valid[j]) continue;
+      const double p = a[i][j];
+      if (p > 0) e -= p * std::log(p);
+      dist += p * std::fabs(static_cast<double>(i - j));
+      if (cls[j]) c += p;
+      if (sep[j]) s += p;
+      if (i == j) diag += p;
+      if (std::abs(i - j) <= w) local += p;
+      if (j <= i) causal += p;
+    }
+    ent += e;
+    ent_n += n > 1 ? e / std::log(n) : 0;
+    if (i > 0 && valid[i - 1]) prev += a[i][i - 1], prev_rows += 1;
+    if (i + 1 < T && valid[i + 1]) next += a[i][i + 1], next_rows += 1;
+  }
+  return {ent / n,   ent_n / n, dist / n, c / n, s / n, diag / n, prev_rows ? prev / prev_rows : 0,
+          next_rows ? next / next_rows : 0, local / n, causal / n};
+}
+
+void expect_near_all(const std::vector<double>& got, const std::vector<double>& want, double tol,
+                     const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t k = 0; k < got.size(); ++k)
+    EXPECT_NEAR(got[k], want[k], tol * std::max(1.0, std::fabs(want[k])))
+        << what << " " << xcam::head_stat_names()[k];
+}
+
+// One layer of the fixture as floats [h][i][j] and as float64 rows.
+std::vector<float> fixture_layer(size_t layer, std::vector<std::vector<std::vector<double>>>& heads) {
+  const auto& att = fixture()["attentions"][layer];
+  std::vector<float> flat;
+  heads.clear();
+  for (const auto& head : att) {
+    heads.emplace_back();
+    for (const auto& row : head) {
+      heads.back().push_back(row.get<std::vector<double>>());
+      for (const double p : heads.back().back()) flat.push_back(static_cast<float>(p));
+    }
+  }
+  return flat;
+}
+
+xcam::TokenFacts fixture_facts() {
+  xcam::TokenFacts f;
+  for (const auto& t : fixture()["texts"][0]["tokens"]) {
+    f.cls.push_back(t == "[CLS]");
+    f.sep.push_back(t == "[SEP]");
+  }
+  return f;
+}
+
+TEST(AttentionStats, EveryStatisticEqualsTheFloat64Reference) {
+  const auto facts = fixture_facts();
+  const auto T = static_cast<int64_t>(facts.cls.size());
+  ASSERT_EQ(T, 24);
+  const std::vector<bool> all(static_cast<size_t>(T), true);
+  for (size_t l = 0; l < 2; ++l) {
+    std::vector<std::vector<std::vector<double>>> heads;
+    const auto flat = fixture_layer(l, heads);
+    const auto stats = xcam::layer_head_stats(flat.data(), 4, T, facts);
+    ASSERT_EQ(stats.size(), 4u);
+    for (size_t h = 0; h < 4; ++h) {
+      const auto got = xcam::head_stat_values(stats[h]);
+      expect_near_all(got, reference_stats(heads[h], all, facts.cls, facts.sep, 2), 1e-6,
+                      "layer " + std::to_string(l) + " head " + std::to_string(h));
+      // The zoo's Python statistics of the same text (zoo/bert_model.py).
+      const auto& py = fixture()["head_statistics"][std::to_string(l) + "." + std::to_string(h)];
+      const std::vector<std::pair<const char*, double>> pairs = {
+          {"entropy", stats[h].entropy},           {"mean_distance", stats[h].mean_distance},
+          {"cls", stats[h].cls_share},             {"sep", stats[h].sep_share},
+          {"diagonal", stats[h].diagonal_share},   {"previous_token", stats[h].previous_share}};
+      for (const auto& [name, v] : pairs) {
+        const double want = py[name].get<double>();
+        EXPECT_NEAR(v, want, 1e-6 * std::max(1.0, std::fabs(want))) << l << "." << h << " " << name;
+      }
+    }
+  }
+}
+
+// Padding rows and columns do not count: the stats of a padded sequence with
+// garbage in its padding equal those of the unpadded one (random attention,
+// rows normalised, fresh each run).
+TEST(AttentionStats, PaddingIsExcluded) {
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<float> u(0.01f, 1.0f);
+  const int64_t H = 3, T = 9, P = 4, TP = T + P;
+  std::vector<float> small(static_cast<size_t>(H * T * T)), padded(static_cast<size_t>(H * TP * TP));
+  for (auto& v : padded) v = u(rng);  // garbage in the padding
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < T; ++i) {
+      float sum = 0;
+      for (int64_t j = 0; j < T; ++j) sum += small[(h * T + i) * T + j] = u(rng);
+      for (int64_t j = 0; j < T; ++j) {
+        small[(h * T + i) * T + j] /= sum;
+        padded[(h * TP + i) * TP + j] = small[(h * T + i) * T + j];
+      }
+    }
+  xcam::TokenFacts fs, fp;
+  fs.cls.assign(T, false);
+  fs.cls[0] = true;
+  fs.sep.assign(T, false);
+  fs.sep[T - 1] = true;
+  fp.cls = fs.cls;
+  fp.sep = fs.sep;
+  fp.cls.resize(TP, false);
+  fp.sep.resize(TP, true);  // padding flagged as separators must still not count
+  fp.valid.assign(TP, true);
+  for (int64_t k = T; k < TP; ++k) fp.valid[k] = false;
+  const auto a = xcam::layer_head_stats(small.data(), H, T, fs);
+  const auto b = xcam::layer_head_stats(padded.data(), H, TP, fp);
+  for (int64_t h = 0; h < H; ++h)
+    expect_near_all(xcam::head_stat_values(b[h]), xcam::head_stat_values(a[h]), 1e-12, "head " + std::to_string(h));
+  EXPECT_GT(a[0].local_share, 0.1);  // not trivially zero
+}
+
+TEST(AttentionStats, RejectsBadShapes) {
+  std::vector<float> a(16, 0.25f);
+  xcam::TokenFacts f;
+  f.cls.assign(3, false);  // 3 facts for T = 4
+  EXPECT_THROW(xcam::layer_head_stats(a.data(), 1, 4, f), xcam::Error);
+  f.cls.clear();
+  f.valid.assign(4, false);
+  EXPECT_THROW(xcam::layer_head_stats(a.data(), 1, 4, f), xcam::Error);
+}
+
+// A one-head [T, T] attention whose row i puts all its mass on key k(i), or
+// spreads it uniformly over keys(i).
+template <typename Keys>
+std::vector<float> pattern(int64_t T, Keys keys) {
+  std::vector<float> a(static_cast<size_t>(T * T), 0.0f);
+  for (int64_t i = 0; i < T; ++i) {
+    const std::vector<int64_t> ks = keys(i);
+    for (const int64_t j : ks) a[i * T + j] += 1.0f / static_cast<float>(ks.size());
+  }
+  return a;
+}
+
+struct LabelCase {
+  std::string name;
+  std::function<std::vector<int64_t>(int64_t, int64_t)> keys;  // (i, T) -> keys
+  std::string label;
+};
+
+TEST(AttentionLabels, HandMadePatternsGetTheirLabel) {
+  const int64_t T = 16;
+  const std::vector<LabelCase> cases = {
+      {"previous", [](int64_t i, int64_t) { return std::vector<int64_t>{std::max<int64_t>(i - 1, 0)}; },
+       "previous-token"},
+      {"next", [](int64_t i, int64_t t) { return std::vector<int64_t>{std::min(i + 1, t - 1)}; }, "next-token"},
+      {"self", [](int64_t i, int64_t) { return std::vector<int64_t>{i}; }, "self"},
+      {"cls", [](int64_t, int64_t) { return std::vector<int64_t>{0}; }, "CLS"},
+      {"sep", [](int64_t, int64_t t) { return std::vector<int64_t>{t - 1}; }, "separator"},
+      {"local",
+       [](int64_t i, int64_t t) {
+         std::vector<int64_t> k;
+         for (int64_t j = std::max<int64_t>(0, i - 2); j <= std::min(t - 1, i + 2); ++j) k.push_back(j);
+         return k;
+       },
+       "local"},
+      {"broad",
+       [](int64_t, int64_t t) {
+         std::vector<int64_t> k;
+         for (int64_t j = 0; j < t; ++j) k.push_back(j);
+         return k;
+       },
+       "broad"},
+      // Two far keys chosen by content: sharp, distant, not one structural position.
+      {"global", [](int64_t i, int64_t t) { return std::vector<int64_t>{(i + t / 2) % t, (i + t / 2 + 3) % t}; },
+       "global"},
+  };
+  xcam::TokenFacts f;
+  f.cls.assign(T, false);
+  f.cls[0] = true;
+  f.sep.assign(T, false);
+  f.sep[T - 1] = true;
+  for (const auto& c : cases) {
+    const auto a = pattern(T, [&](int64_t i) { return c.keys(i, T); });
+    const auto s = xcam::layer_head_stats(a.data(), 1, T, f)[0];
+    EXPECT_EQ(xcam::head_label(s), c.label) << c.name;
+  }
+  // Without [CLS] the first position is the first token.
+  const auto a = pattern(T, [](int64_t) { return std::vector<int64_t>{0}; });
+  xcam::TokenFacts none;
+  const auto s = xcam::layer_head_stats(a.data(), 1, T, none)[0];
+  EXPECT_DOUBLE_EQ(s.cls_share, 1.0);
+  EXPECT_EQ(xcam::head_label(s, {}, false), "first-token");
+}
+
+TEST(AttentionLabels, ExactValuesOfSimplePatterns) {
+  const int64_t T = 10;
+  xcam::TokenFacts f;
+  const auto prev = pattern(T, [](int64_t i) { return std::vector<int64_t>{std::max<int64_t>(i - 1, 0)}; });
+  const auto s = xcam::layer_head_stats(prev.data(), 1, T, f)[0];
+  EXPECT_DOUBLE_EQ(s.previous_share, 1.0);
+  EXPECT_DOUBLE_EQ(s.next_share, 0.0);
+  EXPECT_DOUBLE_EQ(s.diagonal_share, 0.1);  // row 0 attends to itself
+  EXPECT_DOUBLE_EQ(s.mean_distance, 0.9);
+  EXPECT_DOUBLE_EQ(s.causal_share, 1.0);
+  EXPECT_DOUBLE_EQ(s.entropy, 0.0);
+  const auto uni = pattern(T, [](int64_t) {
+    std::vector<int64_t> k(10);
+    std::iota(k.begin(), k.end(), 0);
+    return k;
+  });
+  const auto u = xcam::layer_head_stats(uni.data(), 1, T, f)[0];
+  EXPECT_NEAR(u.entropy, std::log(10.0), 1e-6);
+  EXPECT_NEAR(u.entropy_norm, 1.0, 1e-6);
+  EXPECT_NEAR(u.causal_share, 0.55, 1e-6);  // mean over i of (i + 1) / 10
+  // Thresholds are the rules': a 0.45 previous-token share is not enough.
+  xcam::HeadStats h;
+  h.previous_share = 0.45;
+  h.entropy_norm = 0.5;
+  EXPECT_EQ(xcam::head_label(h), "global");
+  EXPECT_EQ(xcam::head_label(h, {0.4, 0.5, 0.8}), "previous-token");
+}
+
+TEST(AttentionTable, CsvJsonAndHeatmap) {
+  xcam::AttentionTable t;
+  t.rows = {{xcam::HeadStats{}, xcam::HeadStats{}}, {xcam::HeadStats{}, xcam::HeadStats{}}};
+  t.rows[1][0].cls_share = 0.9;
+  xcam::label_table(t);
+  EXPECT_EQ(t.labels[1][0], "CLS");
+  const auto csv = xcam::attention_table_csv(t);
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 5);
+  EXPECT_NE(csv.find("1,0,0,0,0,0.9,"), std::string::npos) << csv;
+  const auto j = nlohmann::json::parse(xcam::attention_table_json(t));
+  ASSERT_EQ(j["heads"].size(), 4u);
+  EXPECT_EQ(j["heads"][2]["label"], "CLS");
+  EXPECT_DOUBLE_EQ(j["heads"][2]["cls_share"].get<double>(), 0.9);
+  TempDir tmp("attention-table");
+  xcam::write_attention_heatmap(tmp / "h.png", t, "cls_share");
+  const auto img = cv::imread(tmp / "h.png");
+  EXPECT_FALSE(img.empty());
+  EXPECT_THROW(xcam::write_attention_heatmap(tmp / "x.png", t, "nope"), xcam::Error);
+}
+
+// ---- `xcam attention` end to end on the zoo BERT ----
+
+std::string attention_cmd(const std::vector<std::string>& texts, const std::string& out) {
+  std::string cmd = xcam_cmd() + "attention --threads 2 --model " + source("zoo/models/bert/bert_patterns_traced.pt") +
+                    " --tokenizer " + source("zoo/models/tokenizers/bert/tokenizer.json") + " --out " + out;
+  for (const auto& t : texts) cmd += " --text '" + t + "'";
+  return cmd;
+}
+
+std::map<std::pair<int, int>, nlohmann::json> heads_of(const std::string& json_path) {
+  std::map<std::pair<int, int>, nlohmann::json> out;
+  const auto j = read_json(json_path);
+  for (const auto& h : j["heads"]) out[{h["layer"].get<int>(), h["head"].get<int>()}] = h;
+  return out;
+}
+
+TEST(AttentionCli, DesignedHeadsGetTheirLabels) {
+  std::vector<std::string> texts;
+  for (const auto& t : fixture()["texts"]) texts.push_back(t["text"].get<std::string>());
+  ASSERT_EQ(texts.size(), 4u);
+  TempDir tmp("attention-cli");
+  const auto r = run_command(attention_cmd(texts, tmp.str()));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("previous-token"), std::string::npos) << r.output;
+  const auto heads = heads_of(tmp / "attention_stats.json");
+  ASSERT_EQ(heads.size(), 8u);
+  EXPECT_EQ(heads.at({0, 1})["label"], "previous-token") << heads.at({0, 1}).dump();
+  EXPECT_GT(heads.at({0, 1})["previous_share"].get<double>(), 0.85);
+  EXPECT_EQ(heads.at({1, 0})["label"], "CLS") << heads.at({1, 0}).dump();
+  EXPECT_GT(heads.at({1, 0})["cls_share"].get<double>(), 0.95);
+  // The bracket head: sharp (not broad) and not on any structural position.
+  const auto& bracket = heads.at({1, 2});
+  std::cout << "layer 1 head 2 (bracket partner): " << bracket.dump() << "\n";
+  EXPECT_NE(bracket["label"], "broad");
+  EXPECT_NE(bracket["label"], "CLS");
+  EXPECT_NE(bracket["label"], "previous-token");
+  std::ifstream csv(tmp / "attention_stats.csv");
+  const std::string text((std::istreambuf_iterator<char>(csv)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 9);
+  const auto png = cv::imread(tmp / "attention_entropy_norm.png");
+  EXPECT_FALSE(png.empty());
+}
+
+// One text through tokenizer, traced model and statistics equals the zoo's
+// float64 eager statistics of the same text (float32 model: 1e-4).
+TEST(AttentionCli, OneTextEqualsTheZooReference) {
+  TempDir tmp("attention-one");
+  const auto r = run_command(attention_cmd({fixture()["texts"][0]["text"].get<std::string>()}, tmp.str()));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto heads = heads_of(tmp / "attention_stats.json");
+  for (int l = 0; l < 2; ++l)
+    for (int h = 0; h < 4; ++h) {
+      const auto& py = fixture()["head_statistics"][std::to_string(l) + "." + std::to_string(h)];
+      const auto& got = heads.at({l, h});
+      for (const auto& [ours, theirs] : std::vector<std::pair<std::string, std::string>>{
+               {"entropy", "entropy"},
+               {"mean_distance", "mean_distance"},
+               {"cls_share", "cls"},
+               {"sep_share", "sep"},
+               {"diagonal_share", "diagonal"},
+               {"previous_share", "previous_token"}})
+        EXPECT_NEAR(got[ours].get<double>(), py[theirs].get<double>(), 1e-4) << l << "." << h << " " << ours;
+    }
+}
+
+TEST(AttentionCli, OneLineErrors) {
+  TempDir tmp("attention-errors");
+  // A model that takes ids and a mask and returns no attentions.
+  torch::jit::Module m("NoAttention");
+  m.define("def forward(self, ids, mask):\n  return (ids.float().unsqueeze(-1), mask.float())\n");
+  m.save(tmp / "noatt.pt");
+  const std::string tok = source("zoo/models/tokenizers/bert/tokenizer.json");
+  const auto r = run_command(xcam_cmd() + "attention --model " + (tmp / "noatt.pt") + " --tokenizer " + tok +
+                             " --text 'a b c' --out " + (tmp / "o"));
+  expect_one_line_error(r, "returns no attentions");
+  expect_one_line_error(r, "export it with output_attentions=True");
+  expect_one_line_error(r, "it returns (Tensor[1, 5, 1], Tensor[1, 5])");  // [CLS] a b c [SEP]
+  const std::string bert = source("zoo/models/bert/bert_patterns_traced.pt");
+  expect_one_line_error(
+      run_command(xcam_cmd() + "attention --model " + bert + " --text 'a b c' --out " + (tmp / "o")),
+      "give --tokenizer tokenizer.json");
+  expect_one_line_error(run_command(xcam_cmd() + "attention --model " + bert + " --tokenizer " + (tmp / "nope.json") +
+                                    " --text 'a b c' --out " + (tmp / "o")),
+                        "nope.json' does not exist");
+}
+
+}  // namespace
