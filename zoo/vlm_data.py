@@ -12,8 +12,17 @@ squares and triangles. Objects are 10 to 16 pixels wide and do not overlap
 much (the centres are at least 0.9 x the sum of the radii apart). Each object
 keeps its box [x0, y0, x1, y1] (pixels, x1 and y1 exclusive).
 
+A third split, train_crops, teaches the counting strategies of the vlm
+plugin's count task (crops of a scene asked on their own): 60% of its images
+are crops of a scene, each side 32 pixels to 3/4 of the scene's (with a
+quarter of them tiles of a 2 x 2 or 3 x 3 grid), counting the red circles
+whose box centre lies in the crop (a circle cut by the edge counts in the
+crop that holds its centre, as the task's truth does); the rest are whole
+scenes.
+
 Writes:
     OUT/train/images/*.png, OUT/train/manifest.jsonl, OUT/train/counts.json
+    OUT/train_crops/...     (with --train-crops N)
     OUT/test/images/*.png,  OUT/test/manifest.jsonl,  OUT/test/counts.json
 manifest.jsonl, one line per image:
     {"image": "images/test_0000.png", "question": "how many red circles?", "count": 7,
@@ -24,7 +33,7 @@ counts.json: {"question": ..., "counts": {image: count}, "histogram": [n per cou
 Deterministic for a seed (the test split uses its own stream, so it does not
 change with --train).
 
-usage: .venv-hf/bin/python zoo/vlm_data.py --out DIR [--train N] [--test N] [--seed S]
+usage: .venv-hf/bin/python zoo/vlm_data.py --out DIR [--train N] [--train-crops N] [--test N] [--seed S]
 """
 import argparse
 import json
@@ -117,6 +126,32 @@ def make_scene(rng, count=None, size=None):
     return img, count, boxes, distractors
 
 
+def crop_scene(rng, scene):
+    """A crop of scene (make_scene's tuple): a random box, or a tile of a 2 x 2 or 3 x 3 grid; the objects whose
+    box centre lies in it, their boxes clipped and moved."""
+    img, _, boxes, distractors = scene
+    h, w = img.shape[:2]
+    if rng.random() < 0.25:
+        n = int(rng.choice([2, 3]))
+        r, c = int(rng.integers(n)), int(rng.integers(n))
+        x0, x1 = round(w * c / n), round(w * (c + 1) / n)
+        y0, y1 = round(h * r / n), round(h * (r + 1) / n)
+    else:
+        cw, ch = int(rng.integers(32, w * 3 // 4 + 1)), int(rng.integers(32, h * 3 // 4 + 1))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        x1, y1 = x0 + cw, y0 + ch
+
+    def inside(b):
+        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        return x0 <= cx < x1 and y0 <= cy < y1
+
+    def moved(b):
+        return [max(b[0], x0) - x0, max(b[1], y0) - y0, min(b[2], x1) - x0, min(b[3], y1) - y0]
+    kept = [moved(b) for b in boxes if inside(b)]
+    dis = [{"label": d["label"], "box": moved(d["box"])} for d in distractors if inside(d["box"])]
+    return np.ascontiguousarray(img[y0:y1, x0:x1]), len(kept), kept, dis
+
+
 def write_split(out, name, n, rng):
     os.makedirs(os.path.join(out, name, "images"), exist_ok=True)
     counts, hist = {}, [0] * (MAX_COUNT + 1)
@@ -126,6 +161,8 @@ def write_split(out, name, n, rng):
             c = (i % (MAX_COUNT + 1)) if name == "test" else None
             s = SIZES[i % len(SIZES)] if name == "test" else None
             img, count, boxes, distractors = make_scene(rng, c, s)
+            if name == "train_crops" and rng.random() < 0.6:
+                img, count, boxes, distractors = crop_scene(rng, (img, count, boxes, distractors))
             rel = f"images/{name}_{i:05d}.png"
             cv2.imwrite(os.path.join(out, name, rel), cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                         [cv2.IMWRITE_PNG_COMPRESSION, 9])
@@ -142,12 +179,15 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--train", type=int, default=6000)
     ap.add_argument("--test", type=int, default=60)
+    ap.add_argument("--train-crops", type=int, default=0, help="images of the train_crops split")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     cv2.setNumThreads(1)
     write_split(a.out, "test", a.test, np.random.default_rng([a.seed, 1]))
     write_split(a.out, "train", a.train, np.random.default_rng([a.seed, 0]))
-    print(f"wrote {a.train} training and {a.test} held-out scenes to {a.out}")
+    if a.train_crops:
+        write_split(a.out, "train_crops", a.train_crops, np.random.default_rng([a.seed, 2]))
+    print(f"wrote {a.train} training, {a.train_crops} crop-training and {a.test} held-out scenes to {a.out}")
 
 
 if __name__ == "__main__":

@@ -513,12 +513,12 @@ def train(a, tok, template):
         hf.load_state_dict(torch.load(resume)["state_dict"])
         print(f"resuming from {resume}")
     net = GridFreeQwen2VL(hf)
-    rows = read_manifest(os.path.join(a.data, "train"))
+    rows = read_manifest(os.path.join(a.data, a.split))
     test = read_manifest(os.path.join(a.data, "test"))
     mean_answer = int(round(float(np.mean([r["count"] for r in rows]))))
-    by_size = {}
+    by_size = {}  # images of one model input size (one grid) share a batch
     for i, r in enumerate(rows):
-        by_size.setdefault(tuple(r["rgb"].shape[:2]), []).append(i)
+        by_size.setdefault(resized_size(*r["rgb"].shape[:2]), []).append(i)
     sizes = sorted(by_size)
     weights = np.array([len(by_size[s]) for s in sizes], np.float64)
     weights /= weights.sum()
@@ -536,7 +536,7 @@ def train(a, tok, template):
         for g in opt.param_groups:
             g["lr"] = lr
         size = sizes[rng.choice(len(sizes), p=weights)]
-        idx = rng.choice(by_size[size], a.batch, replace=False)
+        idx = rng.choice(by_size[size], min(a.batch, len(by_size[size])), replace=False)
         net.train()
         images, seqs = [], []
         for i in idx:
@@ -604,8 +604,10 @@ def export(hf, tok, template, path, kind, geo=None):
     net.eval()
     ex = Example(scene(TRACE_SIZE, 123), tok, template, hf.config, max_windows=MAX_WINDOWS if kind != "qwen2_vl" else None,
                  geo=geo)
+    inputs = list(ex.inputs)
+    inputs[1] = inputs[1].to(next(hf.parameters()).dtype)  # pixel values in the weights' dtype (bfloat16 exports)
     with torch.no_grad():
-        traced = torch.jit.trace(net, tuple(ex.inputs), check_trace=False)
+        traced = torch.jit.trace(net, tuple(inputs), check_trace=False)
     # What the plugin needs without the sidecar, as attributes of the traced module.
     vc = hf.config.vision_config
     attrs = {"image_token_id": hf.config.image_token_id, "vision_start_token_id": hf.config.vision_start_token_id,
@@ -941,11 +943,17 @@ def main():
     ap.add_argument("--verify", action="store_true")
     ap.add_argument("--checkpoint", help="export and verify a local transformers Qwen2-VL / Qwen2.5-VL folder instead")
     ap.add_argument("--name", help="with --checkpoint: the output's name (default: the folder's)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="with --checkpoint: the export's weights (verified in float32 before the cast; the vlm plugin "
+                         "runs bfloat16 on the CPU, keeps its map maths in float32)")
     ap.add_argument("--minutes", type=float, default=14.0)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from WORK/qwen2_vl_count.pth")
+    ap.add_argument("--split", default="train",
+                    help="the training split of --data (train; train_crops: whole scenes and crops of scenes, for "
+                         "the counting strategies, after training on train)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-windows", type=int, default=MAX_WINDOWS,
                     help="Qwen2.5-VL: the most attention windows an image may have (cu_window_seqlens has one more "
@@ -965,6 +973,9 @@ def main():
         entry["prompt_template"] = render_prompt(tok, template)
         ok, rows = verify_model(hf, path, tok, template, kind, name, entry, geo, UNSEEN_SIZES[:2])
         entry["verified"] = rows
+        if a.dtype == "bfloat16":  # traced again from the verified float32 weights, cast
+            path = export(hf.to(torch.bfloat16), tok, template, path, kind, geo)
+            entry["dtype"] = "bfloat16"
         with open(os.path.join(a.out_models, f"{name}.json"), "w") as f:
             json.dump(entry, f, indent=1)
         print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB) and {name}.json")

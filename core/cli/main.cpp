@@ -486,6 +486,7 @@ struct BenchCommand {
   bool no_winograd = false;
   bool pair = false;
   bool each = false;
+  bool decoded = false;
   std::string bimage, btext, btarget = "top1";
   std::string e2e_config;
   int io_threads = 2;
@@ -522,10 +523,16 @@ struct BenchCommand {
                   "Targets one at a time (a captioner's words): time the maps of all the sample's targets from one "
                   "pass against one pass for its first target alone, and against a pass (forward and backward) per "
                   "target");
+    cmd->add_flag("--decoded", decoded,
+                  "One sample as explain takes it (--image, --text): its maps against the plugin's decoding (a VLM's "
+                  "answer generated) plus one plain forward of the decoded input (the answer teacher-forced)");
     cmd->add_option("--target", btarget, "--each: top1 | topK | class index | class name (comma-separated)")
         ->capture_default_str();
-    cmd->add_option("--image", bimage, "--each: the sample's image (default: random pixels at the input size)");
-    cmd->add_option("--text", btext, "--each: the sample's text (a captioner's caption to explain as given, a prompt)");
+    cmd->add_option("--image", bimage,
+                    "--each, --decoded: the sample's image (default: random pixels at the input size)");
+    cmd->add_option("--text", btext,
+                    "--each, --decoded: the sample's text (a captioner's caption to explain as given, a VLM's "
+                    "question)");
   }
 
   // --each: one sample; its targets (the run's, e.g. every word of a
@@ -533,10 +540,12 @@ struct BenchCommand {
   // first alone, and each alone, those two with a pass that keeps its graph
   // and one backward. A target is asked for alone by its payload's
   // "request" (plugins that set it) or its index.
-  int run_each(xcam::Explainer& ex) {
+  // The sample of --each and --decoded: --image (or random pixels at the
+  // input size) and --text.
+  xcam::SampleInput bench_sample(const xcam::Explainer& ex, const std::string& id) const {
     const auto& pre = ex.preprocess();
     xcam::SampleInput s;
-    s.id = "each";
+    s.id = id;
     s.text = btext;
     if (bimage.empty()) {
       cv::RNG rng(0);
@@ -545,6 +554,50 @@ struct BenchCommand {
     } else {
       s.image = xcam::load_rgb(bimage);
     }
+    return s;
+  }
+
+  // --decoded: one sample's maps (the plugin decodes first: a VLM generates
+  // its answer) against the plugin's decoding plus one plain forward of the
+  // decoded input (the answer teacher-forced), both from the image file.
+  int run_decoded(xcam::Explainer& ex) {
+    const xcam::SampleInput s = bench_sample(ex, "decoded");
+    std::vector<double> base, full, ratio, fwd, bwd, cam;
+    xcam::StageTimes stages;
+    size_t maps = 0;
+    for (int i = 0; i < warmup + repeats; ++i) {
+      xcam::StageTimes t0;
+      ex.forward_only({s}, &t0);
+      const auto start = std::chrono::steady_clock::now();
+      maps = ex.explain({s}, &stages).size();
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      if (i < warmup) continue;
+      base.push_back(t0.forward_ms);
+      full.push_back(ms);
+      ratio.push_back(ms / t0.forward_ms);
+      fwd.push_back(stages.forward_ms);
+      bwd.push_back(stages.backward_ms);
+      cam.push_back(stages.cam_ms);
+    }
+    if (!as_json) {
+      std::cout << fmt::format("model {}  layer {}  method {}  maps {}  threads {}  repeats {}\n", bo.model,
+                               fmt::join(ex.layers(), "+"), bo.method, maps, cb.threads, repeats);
+      std::cout << xcam::blas_line(xcam::blas_info()) << "\n";
+      std::cout << fmt::format("decoding + one plain forward    {:9.2f} ms\n", median(base));
+      std::cout << fmt::format("explanation (decoding included) {:9.2f} ms   ratio {:.3f}\n", median(full),
+                               median(ratio));
+      std::cout << fmt::format("  decoding + tapped forward {:.2f}, gradients {:.2f}, map kernels {:.2f} ms\n",
+                               median(fwd), median(bwd), median(cam));
+    }
+    std::cout << fmt::format("{{\"baseline_ms\": {:.4f}, \"explain_ms\": {:.4f}, \"ratio\": {:.4f}, "
+                             "\"maps\": {}, \"threads\": {}}}\n",
+                             median(base), median(full), median(ratio), maps, cb.threads);
+    return 0;
+  }
+
+  int run_each(xcam::Explainer& ex) {
+    const auto& pre = ex.preprocess();
+    const xcam::SampleInput s = bench_sample(ex, "each");
     std::vector<std::string> requests;
     for (const auto& m : ex.explain({s})) {
       const auto it = m.target.payload.find("request");
@@ -787,6 +840,7 @@ struct BenchCommand {
     xcam::Explainer ex(bo);
     if (pair) return run_pair(ex);
     if (each) return run_each(ex);
+    if (decoded) return run_decoded(ex);
     std::mt19937 rng(0);
     std::normal_distribution<float> nd;
     std::vector<float> x(static_cast<size_t>(bbatch) * 3 * bsize[0] * bsize[1]);

@@ -674,6 +674,16 @@ std::vector<std::pair<std::string, std::vector<size_t>>> Explainer::Impl::drawn_
   return groups;
 }
 
+namespace {
+
+// Map maths in float32 at least: a half-precision model's taps and
+// gradients (a bfloat16 VLM) are widened; float32 and float64 stay.
+at::Tensor in_map_precision(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf ? t.to(at::kFloat) : t;
+}
+
+}  // namespace
+
 std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const Pass& pass, const std::vector<at::Tensor>& grads,
                                                              size_t r, const at::Tensor& y, int64_t H0, int64_t W0,
                                                              size_t stack) {
@@ -714,9 +724,10 @@ std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const Pass& pass, c
   }
   for (size_t l = 0; l < L; ++l) {
     const auto [H, W] = drawn_size(pass, drawn_on(pass, stack, l), H0, W0);
-    const at::Tensor a = grid_of(pass, l, rows(l, fwd.taps[l].detach()));
+    const at::Tensor a = in_map_precision(grid_of(pass, l, rows(l, fwd.taps[l].detach())));
     at::Tensor g;
-    if (method->gradients) g = grads[l].defined() ? grid_of(pass, l, rows(l, grads[l])) : torch::zeros_like(a);
+    if (method->gradients)
+      g = grads[l].defined() ? in_map_precision(grid_of(pass, l, rows(l, grads[l]))) : torch::zeros_like(a);
     if (method->name == "gradcam" && !opt.eigen_smooth)
       out.push_back(kernels::gradcam(a, g, H, W));  // the fused one-pass kernel
     else if (method->name == "scorecam")

@@ -10,6 +10,7 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/csrc/jit/runtime/interpreter.h>
 
 #include <algorithm>
@@ -201,6 +202,11 @@ struct TappedForward::Impl {
   // request index -> forward with that tap's value taken from an extra input
   std::map<size_t, std::unique_ptr<torch::jit::Code>> replacing;
   Graph* work = nullptr;  // the graph path_of reads
+  // Half-precision weights (a bfloat16 VLM): the module calls left in the
+  // graph run unoptimised. LibTorch 1.13's differentiable subgraphs give
+  // softmax(x, dtype=float32) of a bfloat16 x a float32 gradient, which the
+  // next bfloat16 matmul's backward refuses.
+  bool unoptimised = false;
 
   std::map<std::string, torch::jit::Module> modules;
   std::unordered_map<Value*, std::optional<std::string>> path_cache;
@@ -480,6 +486,8 @@ struct TappedForward::Impl {
   }
 
   void build() {
+    for (const auto& p : model->module().parameters())
+      unoptimised = unoptimised || p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf;
     graph = model->module().get_method("forward").graph()->copy();
     const std::vector<Value*> chosen = inline_taps(graph);
 
@@ -574,6 +582,8 @@ c10::IValue TappedForward::run_replacing(const std::vector<c10::IValue>& inputs,
   for (const auto& i : inputs) stack.push_back(i);
   stack.emplace_back(value);
   c10::AutoGradMode grad(record_grad);
+  std::optional<torch::jit::GraphOptimizerEnabledGuard> plain;
+  if (impl_->unoptimised) plain.emplace(false);
   torch::jit::InterpreterState state(code);
   state.run(stack);
   return stack.back();
@@ -591,6 +601,8 @@ TappedForward::Result TappedForward::run(const std::vector<c10::IValue>& inputs,
   for (const auto& i : inputs) stack.push_back(i);
   {
     c10::AutoGradMode grad(record_grad);
+    std::optional<torch::jit::GraphOptimizerEnabledGuard> plain;
+    if (impl_->unoptimised) plain.emplace(false);
     torch::jit::InterpreterState state(*impl_->code);
     state.run(stack);
   }

@@ -14,6 +14,28 @@ class ExplainerTaskHost final : public TaskHost {
  public:
   ExplainerTaskHost(Explainer& ex, Explainer::Impl& m, TaskRun& run) : ex_(ex), m_(m), run_(run) {}
 
+  // Samples of one geometry as a batch that prepare() takes: every image
+  // preprocessed at its input size; `what` names them in the error.
+  static Batch unprepared_batch(Explainer::Impl& m, const std::vector<SampleInput>& in, const std::string& what) {
+    const auto groups = m.groups_of(in);
+    XCAM_CHECK(groups.size() == 1,
+               "{} do not share one input geometry (image sizes, the plugin's batch_key); forward them in separate "
+               "calls",
+               what);
+    Batch b;
+    b.labels = m.labels;
+    b.images = m.group_images(in, groups[0]);
+    for (size_t k = 0; k < in.size(); ++k) {
+      Sample s = m.sample_of(in[k]);
+      s.id = in[k].id;
+      if (b.images.defined()) s.images["image"] = b.images[static_cast<int64_t>(k)];
+      if (s.requests.empty()) s.requests = m.opt.targets;
+      b.ids.push_back(s.id);
+      b.samples.push_back(std::move(s));
+    }
+    return b;
+  }
+
   size_t size() const override { return run_.size(); }
   const std::string& id(size_t i) const override { return run_.id(i); }
   const std::string& output_dir() const override { return run_.output_dir(); }
@@ -56,6 +78,14 @@ class ExplainerTaskHost final : public TaskHost {
                name);
     return run_.pair(i, name, j, id);
   }
+  std::array<int64_t, 2> image_size(size_t i) override {
+    XCAM_CHECK(i < run_.size(), "task: image_size({}) in a run of {} samples", i, run_.size());
+    return run_.image_size(i);
+  }
+  size_t crop(size_t i, const std::array<int64_t, 4>& box, const std::string& id) override {
+    XCAM_CHECK(i < run_.size(), "task: crop({}) in a run of {} samples", i, run_.size());
+    return run_.crop(i, box, id);
+  }
 
  private:
   // Samples `which` as prepare() takes them (not yet prepared): one
@@ -69,29 +99,29 @@ class ExplainerTaskHost final : public TaskHost {
     at::parallel_for(0, static_cast<int64_t>(which.size()), 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) in[static_cast<size_t>(k)] = run_.load(which[static_cast<size_t>(k)]);
     });
-    const auto groups = m_.groups_of(in);
-    XCAM_CHECK(groups.size() == 1,
-               "task: samples {} do not share one input geometry (image sizes, the plugin's batch_key); "
-               "forward them in separate calls",
-               fmt::join(which, ", "));
-    Batch b;
-    b.labels = m_.labels;
-    b.images = m_.group_images(in, groups[0]);
-    for (size_t k = 0; k < in.size(); ++k) {
-      Sample s = m_.sample_of(in[k]);
-      s.id = in[k].id;
-      if (b.images.defined()) s.images["image"] = b.images[static_cast<int64_t>(k)];
-      if (s.requests.empty()) s.requests = m_.opt.targets;
-      b.ids.push_back(s.id);
-      b.samples.push_back(std::move(s));
-    }
-    return b;
+    return unprepared_batch(m_, in, fmt::format("task: samples {}", fmt::join(which, ", ")));
   }
 
   Explainer& ex_;
   Explainer::Impl& m_;
   TaskRun& run_;
 };
+
+void Explainer::forward_only(const std::vector<SampleInput>& samples, StageTimes* times) {
+  auto& m = *impl_;
+  XCAM_CHECK(!samples.empty(), "forward_only: no samples");
+  const auto t = std::chrono::steady_clock::now();
+  torch::NoGradGuard no_grad;
+  Batch b = ExplainerTaskHost::unprepared_batch(m, samples, fmt::format("samples '{}'", samples.front().id));
+  host_errors([&] {
+    m.plugin->prepare(m.model.module(), b);
+    m.check_arity(b.inputs);
+    m.plugin->decode(m.model.module(), b);
+  });
+  (void)m.model.module().forward(b.inputs);
+  if (times)
+    times->forward_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
 
 void Explainer::run_task(const std::string& task_json, TaskRun& run) {
   auto& m = *impl_;

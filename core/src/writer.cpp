@@ -933,6 +933,27 @@ class RunnerTask final : public TaskRun {
     items_.push_back(std::move(item));
     return items_.size() - 1;
   }
+  std::array<int64_t, 2> image_size(size_t i) override {
+    const Item& item = loaded(i);
+    XCAM_CHECK(!item.rgb.empty(), "task: sample '{}' has no image", item.id);
+    return {item.rgb.rows, item.rgb.cols};
+  }
+  size_t crop(size_t i, const std::array<int64_t, 4>& box, const std::string& id) override {
+    const auto [h, w] = image_size(i);
+    const auto [x0, y0, x1, y1] = box;
+    XCAM_CHECK(0 <= x0 && x0 < x1 && x1 <= w && 0 <= y0 && y0 < y1 && y1 <= h,
+               "task: crop [{}, {}, {}, {}] of sample '{}' is empty or outside its {} x {} image (x0 y0 x1 y1, "
+               "pixels, x1 and y1 exclusive)",
+               x0, y0, x1, y1, items_.at(i).id, w, h);
+    XCAM_CHECK(std::none_of(items_.begin(), items_.end(), [&](const Item& it) { return it.id == id; }),
+               "task: a sample '{}' is already in the run; give the crop another id", id);
+    Item item = items_.at(i);
+    item.id = id;
+    item.spec.id = id;
+    item.rgb = item.rgb(cv::Rect(int(x0), int(y0), int(x1 - x0), int(y1 - y0))).clone();
+    items_.push_back(std::move(item));
+    return items_.size() - 1;
+  }
 
  private:
   size_t index_of(const std::string& id) const {

@@ -99,6 +99,33 @@ at::Tensor vision_rotary(int64_t gh, int64_t gw, const Geometry& g) {
 
 at::Tensor cu_seqlens(int64_t gh, int64_t gw) { return torch::tensor(std::vector<int64_t>{0, gh * gw}, at::kLong); }
 
+std::array<at::Tensor, 2> window_inputs(int64_t gh, int64_t gw, const Geometry& g) {
+  const int64_t lh = gh / g.merge, lw = gw / g.merge, ws = g.window_size / g.merge / g.patch;
+  XCAM_CHECK(ws > 0, "the model's window_size {} is smaller than patch x merge ({} x {})", g.window_size, g.patch,
+             g.merge);
+  std::vector<int64_t> order, cu{0};
+  for (int64_t wr = 0; wr < lh; wr += ws)
+    for (int64_t wc = 0; wc < lw; wc += ws) {
+      for (int64_t r = wr; r < std::min(wr + ws, lh); ++r)
+        for (int64_t c = wc; c < std::min(wc + ws, lw); ++c) order.push_back(r * lw + c);
+      cu.push_back(static_cast<int64_t>(order.size()) * g.merge * g.merge);
+    }
+  const auto windows = static_cast<int64_t>(cu.size()) - 1;
+  XCAM_CHECK(windows <= g.max_windows,
+             "an image of {} x {} patches has {} attention windows; the export takes at most {} (its max_windows): "
+             "re-export it with zoo/vlm_model.py --max-windows {} or lower the model's max_pixels",
+             gh, gw, windows, g.max_windows, windows);
+  cu.resize(static_cast<size_t>(g.max_windows + 1), cu.back());
+  return {torch::tensor(order, at::kLong), torch::tensor(cu, at::kLong)};
+}
+
+at::Tensor from_window_order(const at::Tensor& rows, const at::Tensor& window_index) {
+  const int64_t n = window_index.size(0);
+  XCAM_CHECK(rows.size(0) % n == 0, "{} rows are not groups of the {} merged tokens", rows.size(0), n);
+  const auto grouped = rows.reshape({n, rows.size(0) / n, rows.size(-1)});
+  return at::empty_like(grouped).index_copy_(0, window_index.to(rows.device()), grouped).reshape(rows.sizes());
+}
+
 at::Tensor patches_to_grid(const at::Tensor& tokens, int64_t gh, int64_t gw, int64_t merge) {
   const int64_t C = tokens.size(-1);
   return tokens.reshape({gh / merge, gw / merge, merge, merge, C})

@@ -79,6 +79,7 @@ class VlmPlugin final : public ArchPlugin {
                            int64_t b) const override;
   std::map<std::string, std::string> metadata(const c10::IValue& output, const Batch& batch,
                                               int64_t b) const override;
+  void run_task(TaskHost& host, const std::string& task_json) const override;
 
  private:
   // The model's geometry, tokenizer and depth, read once from the first model
@@ -87,6 +88,7 @@ class VlmPlugin final : public ArchPlugin {
     Geometry geo;
     std::shared_ptr<const Tokenizer> tok;
     int64_t blocks = 0, layers = 0;
+    at::ScalarType dtype = at::kFloat;  // the weights': pixel values are cast to it
   };
   const Known& know(const torch::jit::Module& model) const;
   const Known& known() const;
@@ -143,18 +145,29 @@ Preprocess VlmPlugin::preprocess() const {
 const VlmPlugin::Known& VlmPlugin::know(const torch::jit::Module& model) const {
   std::lock_guard<std::mutex> lock(mutex_);
   if (known_) return *known_;
-  for (const auto& p : model.parameters())
-    XCAM_CHECK(p.scalar_type() == at::kFloat,
-               "the model's weights are {}; the vlm plugin runs float32 models (its gradients and log-probabilities "
-               "need it): export the model in float32 (zoo/vlm_model.py loads checkpoints with torch_dtype=float32)",
-               c10::toString(p.scalar_type()));
-  const auto args = model.get_method("forward").function().getSchema().arguments().size() - 1;
-  XCAM_CHECK(args == 5,
-             "the model's forward takes {} inputs; the vlm plugin runs Qwen2-VL exports, forward(input_ids, "
-             "pixel_values, position_ids, vision_rotary, cu_seqlens) (Qwen2.5-VL's window inputs are not supported "
-             "yet; plugins/vlm/README.md)",
-             args);
   Known k;
+  std::optional<at::ScalarType> seen;
+  for (const auto& p : model.parameters()) {
+    const auto t = p.scalar_type();
+    XCAM_CHECK(!(t == at::kHalf && p.device().is_cpu()),
+               "the model's weights are Half (float16) on the CPU, where LibTorch has no float16 kernels for its "
+               "convolution, matmuls and norms: export it in bfloat16 (zoo/vlm_model.py --dtype bfloat16) or float32, "
+               "or run it on a GPU");
+    XCAM_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf,
+               "the model's weights are {}; the vlm plugin runs float32, float64, bfloat16 (and, on a GPU, float16) "
+               "exports (zoo/vlm_model.py)",
+               c10::toString(t));
+    XCAM_CHECK(!seen || *seen == t, "the model mixes {} and {} weights; export it in one dtype (zoo/vlm_model.py "
+               "--dtype)", c10::toString(*seen), c10::toString(t));
+    seen = t;
+  }
+  k.dtype = seen.value_or(at::kFloat);
+  const auto args = model.get_method("forward").function().getSchema().arguments().size() - 1;
+  XCAM_CHECK(args == 5 || args == 7,
+             "the model's forward takes {} inputs; the vlm plugin runs Qwen2-VL exports, forward(input_ids, "
+             "pixel_values, position_ids, vision_rotary, cu_seqlens), and Qwen2.5-VL's, with window_index and "
+             "cu_window_seqlens after (zoo/vlm_model.py, plugins/vlm/README.md)",
+             args);
   Geometry& g = k.geo;
   g.patch = int_attr(model, "patch_size");
   g.merge = int_attr(model, "spatial_merge_size");
@@ -164,6 +177,10 @@ const VlmPlugin::Known& VlmPlugin::know(const torch::jit::Module& model) const {
   g.vision_head_dim = int_attr(model, "vision_head_dim");
   g.image_token = int_attr(model, "image_token_id");
   g.eos = int_attr(model, "eos_token_id");
+  if (args == 7) {
+    g.window_size = int_attr(model, "window_size");
+    g.max_windows = int_attr(model, "max_windows");
+  }
   g.mean = float3_attr(model, "image_mean");
   g.std = float3_attr(model, "image_std");
   const Preprocess p = preprocess();
@@ -231,9 +248,13 @@ std::vector<c10::IValue> VlmPlugin::inputs(const Known& k, const at::Tensor& ima
   const auto& g = k.geo;
   const auto dev = image.device();
   const int64_t gh = image.size(1) / g.patch, gw = image.size(2) / g.patch, T = static_cast<int64_t>(ids.size());
-  return {torch::tensor(ids, at::kLong).view({1, T}).to(dev), image_to_patches(image, g),
-          torch::tensor(rope_position_ids(ids, gh, gw, g), at::kLong).view({3, 1, T}).to(dev),
-          vision_rotary(gh, gw, g).to(dev), cu_seqlens(gh, gw).to(dev)};
+  std::vector<c10::IValue> in{torch::tensor(ids, at::kLong).view({1, T}).to(dev),
+                               image_to_patches(image, g).to(k.dtype),
+                               torch::tensor(rope_position_ids(ids, gh, gw, g), at::kLong).view({3, 1, T}).to(dev),
+                               vision_rotary(gh, gw, g).to(dev), cu_seqlens(gh, gw).to(dev)};
+  if (g.max_windows > 0)
+    for (const auto& t : window_inputs(gh, gw, g)) in.push_back(t.to(dev));
+  return in;
 }
 
 std::vector<int64_t> VlmPlugin::row(const Batch& batch, const char* key) {
@@ -382,9 +403,14 @@ at::Tensor VlmPlugin::to_grid(const std::string& layer, const at::Tensor& tapped
   const Known& k = known();
   const int64_t gh = batch.images.size(2) / k.geo.patch, gw = batch.images.size(3) / k.geo.patch,
                 m = k.geo.merge;
-  if (tapped.dim() == 2 && tapped.size(0) == gh * gw) return patches_to_grid(tapped, gh, gw, m);
-  if (tapped.dim() == 2 && tapped.size(0) == gh * gw / (m * m))  // the merger: merged blocks in raster order
-    return tapped.reshape({gh / m, gw / m, tapped.size(1)}).permute({2, 0, 1}).unsqueeze(0);
+  // Qwen2.5-VL's vision blocks and merger see the merged tokens window by
+  // window: put them back in raster order first.
+  auto raster = [&](const at::Tensor& rows) {
+    return k.geo.max_windows > 0 ? from_window_order(rows, window_inputs(gh, gw, k.geo)[0]) : rows;
+  };
+  if (tapped.dim() == 2 && tapped.size(0) == gh * gw) return patches_to_grid(raster(tapped), gh, gw, m);
+  if (tapped.dim() == 2 && tapped.size(0) == gh * gw / (m * m))  // the merger: merged blocks
+    return raster(tapped).reshape({gh / m, gw / m, tapped.size(1)}).permute({2, 0, 1}).unsqueeze(0);
   XCAM_THROW("layer '{}' gives {}; the vlm plugin lays out vision blocks ({} x C patches), the merger ({} x C) and "
              "decoder layers (1 x T x C at the image tokens): tap one of those (vision_last, decoder_middle)",
              layer, c10::str(tapped.sizes()), gh * gw, gh * gw / (m * m));
@@ -414,6 +440,13 @@ std::map<std::string, std::string> VlmPlugin::metadata(const c10::IValue& output
   (void)score(output.toTensor().detach(), scored, 0, &p);
   out["probability"] = fmt::format("{:.6g}", p.at(0));
   return out;
+}
+
+void VlmPlugin::run_task(TaskHost& host, const std::string& task_json) const {
+  const auto j = nlohmann::json::parse(task_json);
+  const std::string name = j.value("name", "");
+  XCAM_CHECK(name == "count", "the vlm plugin has the task count, not '{}'", name);
+  run_count_task(host, task_json, !opt_.answer.empty());
 }
 
 }  // namespace xcam::vlm

@@ -55,7 +55,7 @@ INSTANTIATE_TEST_SUITE_P(
     Defects, Refused,
     ::testing::Values(
         Refusal{"major", "libxcam_plugin_fake.so", "incompatible ABI major version (plugin: 99, host: 2)"},
-        Refusal{"abi1", "libxcam_plugin_fake.so", "it was built for plugin ABI 1.0, and this xcam speaks ABI 2.3"},
+        Refusal{"abi1", "libxcam_plugin_fake.so", "it was built for plugin ABI 1.0, and this xcam speaks ABI 2.4"},
         Refusal{"minor", "libxcam_plugin_fake.so", "update xcam"},
         Refusal{"torch", "libxcam_plugin_fake.so", "built against LibTorch 0.0.1"},
         Refusal{"cxxabi", "libxcam_plugin_fake.so", "_GLIBCXX_USE_CXX11_ABI=7"},

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <iostream>
@@ -20,6 +21,7 @@
 #include "xcam/error.h"
 #include "xcam/explainer.h"
 #include "xcam/image.h"
+#include "xcam/io.h"
 #include "xcam/tokenizer.h"
 
 namespace {
@@ -123,7 +125,27 @@ TEST(VlmInputs, EqualReferenceInputs) {
     EXPECT_EQ(nlohmann::json(std::vector<int64_t>{0, gh * gw}), c.at("cu_seqlens"));
     const auto cu = xcam::vlm::cu_seqlens(gh, gw);
     EXPECT_EQ(cu[1].item<int64_t>(), gh * gw);
+    // Qwen2.5-VL's window order and window boundaries.
+    auto g25 = g;
+    g25.window_size = inputs_ref().at("window_size");
+    g25.max_windows = inputs_ref().at("max_windows");
+    const auto [order, cuw] = xcam::vlm::window_inputs(gh, gw, g25);
+    auto as_vector = [](const at::Tensor& t) {
+      const auto c = t.contiguous();
+      return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+    };
+    EXPECT_EQ(nlohmann::json(as_vector(order)), c.at("window_index")) << c.at("image_size");
+    EXPECT_EQ(nlohmann::json(as_vector(cuw)), c.at("cu_window_seqlens")) << c.at("image_size");
+    // Rows in window order go back to raster order.
+    const auto rows = at::arange(order.size(0) * 4 * 2, at::kFloat).view({-1, 2});
+    const auto shuffled = rows.view({-1, 4, 2}).index_select(0, order).reshape({-1, 2});
+    EXPECT_TRUE(at::equal(xcam::vlm::from_window_order(shuffled, order), rows));
   }
+  auto few = zoo_geometry();
+  few.window_size = inputs_ref().at("window_size");
+  few.max_windows = 2;
+  const auto many = error_of([&] { xcam::vlm::window_inputs(20, 20, few); });
+  EXPECT_NE(many.find("has 25 attention windows; the export takes at most 2"), std::string::npos) << many;
 }
 
 // On the held-out grids: the prompt and the position ids of prompt + answer
@@ -234,20 +256,83 @@ TEST(Vlm, AnswersAndMapsEqualEagerFloat64) {
   }
 }
 
+// The zoo's Qwen2.5-VL export (random init; window attention in vision
+// blocks 0 and 2): its greedy answers equal the eager float32 model's and
+// its maps at the last vision block (rows in window order, put back) and at
+// the middle decoder layer equal the eager float64 maps, on the two grids.
+TEST(Vlm, Qwen25WindowOrderMapsEqualEagerFloat64) {
+  xcam::Explainer ex(options({"vision_last", "decoder.1"}, src("zoo/models/vlm/qwen2_5_vl_tiny_traced.pt")));
+  const auto samples = scenes();
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const auto& s = eager_ref().at("samples")[i];
+    const auto maps = ex.explain({samples[i]});
+    ASSERT_EQ(maps.size(), 1u);
+    EXPECT_EQ(maps[0].target.tokens, s.at("answer_ids_qwen25").get<std::vector<int64_t>>()) << s.at("id");
+    EXPECT_NEAR(std::log(maps[0].score), s.at("logprob_qwen25").get<double>(), 1e-3);
+    const auto& low = ex.last_lowres();
+    ASSERT_EQ(low.size(), 2u);
+    for (size_t l = 0; l < 2; ++l) {
+      const char* key = l == 0 ? "cam_vision_qwen25" : "cam_decoder_qwen25";
+      const auto want = s.at(key).get<std::vector<double>>();
+      const auto& got = low[l].per_rank.at(0);
+      ASSERT_EQ(got.size(), want.size());
+      double err = 0;
+      for (size_t k = 0; k < got.size(); ++k) err = std::max(err, std::abs(double(got[k]) - want[k]));
+      EXPECT_LT(err, 1e-4) << s.at("id") << " " << key;
+      std::cout << s.at("id").get<std::string>() << " " << key << " " << low[l].height << "x" << low[l].width
+                << ": max |xcam - float64 eager| " << err << "\n";
+    }
+  }
+}
+
+// The same weights exported in bfloat16 run on the CPU: the answers equal
+// the eager bfloat16 model's, the log-probability its own, and the maps (a
+// bfloat16 forward and backward, the map maths in float32) equal the eager
+// bfloat16 model's and stay near the float64 maps.
+TEST(Vlm, Bfloat16ModelOnTheCpu) {
+  xcam::Explainer ex(options({"vision_last", "decoder.1"}, xcam::test::models("vlm/vlm_bf16.pt")));
+  const auto samples = scenes();
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const auto& s = eager_ref().at("samples")[i];
+    const auto maps = ex.explain({samples[i]});
+    ASSERT_EQ(maps.size(), 1u);
+    EXPECT_EQ(maps[0].target.tokens, s.at("answer_ids_bf16").get<std::vector<int64_t>>()) << s.at("id");
+    EXPECT_NEAR(std::log(maps[0].score), s.at("logprob_bf16").get<double>(), 1e-6);
+    const auto& low = ex.last_lowres();
+    ASSERT_EQ(low.size(), 2u);
+    for (size_t l = 0; l < 2; ++l) {
+      const char* key = l == 0 ? "cam_vision" : "cam_decoder";
+      const auto bf16 = s.at(std::string(key) + "_bf16").get<std::vector<double>>();
+      const auto f64 = s.at(key).get<std::vector<double>>();
+      const auto& got = low[l].per_rank.at(0);
+      ASSERT_EQ(got.size(), bf16.size());
+      double to_bf16 = 0, to_f64 = 0;
+      for (size_t k = 0; k < got.size(); ++k) {
+        to_bf16 = std::max(to_bf16, std::abs(double(got[k]) - bf16[k]));
+        to_f64 = std::max(to_f64, std::abs(double(got[k]) - f64[k]));
+      }
+      EXPECT_LT(to_bf16, 1e-4) << s.at("id") << " " << key;
+      EXPECT_LT(to_f64, 0.05) << s.at("id") << " " << key;
+      std::cout << s.at("id").get<std::string>() << " " << key << " bfloat16: max |xcam - eager bfloat16| "
+                << to_bf16 << ", max |xcam - float64| " << to_f64 << "\n";
+    }
+  }
+}
+
 // The default layer is the last vision block; a given answer (manifest key
 // "answer") is explained instead of the generated one, and token:K explains
 // one of its tokens.
 TEST(Vlm, GivenAnswerAndOneToken) {
   xcam::Explainer ex(options());
   EXPECT_EQ(ex.layers(), std::vector<std::string>{"visual.blocks.3"});
-  auto in = scenes().at(1);  // 4 red circles; the model answers 3
-  in.meta["answer"] = "4";
+  auto in = scenes().at(1);  // 4 red circles; explain the answer 5, not the greedy one
+  in.meta["answer"] = "5";
   in.requests = {"answer", "token:0", "token:1"};
   const auto maps = ex.explain({in});
   ASSERT_EQ(maps.size(), 3u);
-  EXPECT_EQ(maps[0].meta.at("answer"), "4");
+  EXPECT_EQ(maps[0].meta.at("answer"), "5");
   EXPECT_EQ(maps[0].meta.at("decoding"), "given");
-  EXPECT_EQ(maps[0].target.tokens.size(), 2u);  // '4' and <|im_end|>
+  EXPECT_EQ(maps[0].target.tokens.size(), 2u);  // '5' and <|im_end|>
   EXPECT_EQ(maps[1].target.kind, "token");
   // log p(answer) = log p(token 0) + log p(token 1)
   EXPECT_NEAR(std::log(maps[0].score), std::log(maps[1].score) + std::log(maps[2].score), 1e-6);
@@ -264,8 +349,9 @@ TEST(Vlm, RefusesWithOneLineSayingWhatToDo) {
   EXPECT_NE(q.find("\"text\""), std::string::npos) << q;
 
   const auto half = error_of([] { xcam::Explainer ex(options({}, xcam::test::models("vlm/vlm_half.pt"))); });
-  EXPECT_NE(half.find("Half"), std::string::npos) << half;
-  EXPECT_NE(half.find("export the model in float32"), std::string::npos) << half;
+  EXPECT_NE(half.find("Half (float16) on the CPU"), std::string::npos) << half;
+  EXPECT_NE(half.find("no float16 kernels"), std::string::npos) << half;
+  EXPECT_NE(half.find("export it in bfloat16"), std::string::npos) << half;
 
   const auto no_tok = error_of([] { xcam::Explainer ex(options({}, src(kModel), nlohmann::json::object())); });
   EXPECT_NE(no_tok.find("give the plugin option tokenizer"), std::string::npos) << no_tok;
@@ -276,4 +362,199 @@ TEST(Vlm, RefusesWithOneLineSayingWhatToDo) {
   EXPECT_NE(last.find("last decoder layer"), std::string::npos) << last;
   EXPECT_NE(last.find("exactly zero"), std::string::npos) << last;
   for (const auto* e : {&q, &half, &no_tok, &bad_tok, &last}) EXPECT_EQ(e->find('\n'), std::string::npos) << *e;
+}
+
+namespace {
+
+// Bilinear resize with half-pixel centres (what the task's pasting uses),
+// written out in float64.
+std::vector<double> resize_bilinear(const std::vector<float>& src, int64_t h, int64_t w, int64_t H, int64_t W) {
+  std::vector<double> out(static_cast<size_t>(H * W));
+  for (int64_t y = 0; y < H; ++y)
+    for (int64_t x = 0; x < W; ++x) {
+      const double sy = std::max(0.0, (y + 0.5) * double(h) / double(H) - 0.5);
+      const double sx = std::max(0.0, (x + 0.5) * double(w) / double(W) - 0.5);
+      const int64_t y0 = std::min<int64_t>(int64_t(sy), h - 1), x0 = std::min<int64_t>(int64_t(sx), w - 1);
+      const int64_t y1 = std::min(y0 + 1, h - 1), x1 = std::min(x0 + 1, w - 1);
+      const double fy = sy - double(y0), fx = sx - double(x0);
+      auto v = [&](int64_t yy, int64_t xx) { return double(src[static_cast<size_t>(yy * w + xx)]); };
+      out[static_cast<size_t>(y * W + x)] =
+          (1 - fy) * ((1 - fx) * v(y0, x0) + fx * v(y0, x1)) + fy * ((1 - fx) * v(y1, x0) + fx * v(y1, x1));
+    }
+  return out;
+}
+
+}  // namespace
+
+// The count task on four held-out scenes (sides multiples of 16, so maps are
+// at the images' own sizes): every strategy's count equals the sum of its
+// crops' answers when each crop is explained on its own through the
+// Explainer; MAE / RMSE / exact from those; the dense strategy's written map
+// equals the crops' maps pasted in float64; coverage and background share
+// recomputed from the written maps and the manifest's boxes.
+TEST(Vlm, CountTaskStrategiesEqualTheirCropsExplainedAlone) {
+  xcam::test::TempDir tmp("vlm_count");
+  std::vector<nlohmann::json> lines;
+  {
+    std::ifstream in(src("zoo/data/vlm/manifest.jsonl"));
+    for (std::string l; std::getline(in, l) && lines.size() < 4;) {
+      auto j = nlohmann::json::parse(l);
+      if (j.at("size")[0].get<int>() % 16 || j.at("size")[1].get<int>() % 16 || j.at("count").get<int>() < 3) continue;
+      if (!lines.empty() && j.at("size") == lines.back().at("size")) continue;
+      j["image"] = src("zoo/data/vlm/" + j.at("image").get<std::string>());
+      lines.push_back(j);
+    }
+  }
+  ASSERT_EQ(lines.size(), 4u);
+  std::ofstream(tmp / "manifest.jsonl") << [&] {
+    std::string s;
+    for (const auto& l : lines) s += l.dump() + "\n";
+    return s;
+  }();
+  const std::string yaml = tmp / "count.yaml";
+  std::ofstream(yaml) << "name: count\nmodel: " << src(kModel) << "\nplugin: " << plugin()
+                      << "\nplugin_options:\n  tokenizer: " << src(kTokenizer)
+                      << "\nlayers: vision_last\nmethods: [gradcam]\ninputs:\n  manifest: " << (tmp / "manifest.jsonl")
+                      << "\ntask:\n  name: count\n  strategies: [global, crop, dense, hybrid, boxes]\n  grid: [2, 3]\n"
+                         "  crop: [0.1, 0.2, 0.6, 0.9]\n  boxes: [[0, 0, 0.5, 0.5], [0.25, 0.25, 1, 1]]\n  worst: 2\n"
+                         "threads: 2\noutputs:\n  dir: "
+                      << (tmp / "out") << "\n";
+  const auto r = xcam::test::run_command(xcam::test::xcam_cmd() + "run " + yaml);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string dir = tmp / "out/gradcam/visual.blocks.3";
+  const auto doc = nlohmann::json::parse(std::ifstream(dir + "/count.json"));
+  const auto metrics = nlohmann::json::parse(std::ifstream(dir + "/task.json")).at("metrics");
+
+  // Each crop alone, as a user would cut it.
+  xcam::Explainer ex(options({"vision_last"}));
+  auto answer_of = [&](const cv::Mat& rgb, const std::string& q, xcam::MapResult* map = nullptr) {
+    xcam::SampleInput in;
+    in.id = "crop";
+    in.image = rgb;
+    in.text = q;
+    const auto maps = ex.explain({in});
+    if (map) *map = maps.at(0);
+    return std::stoll(maps.at(0).meta.at("answer_count"));
+  };
+  auto px = [](double f, int n) { return static_cast<int>(std::llround(f * n)); };
+  std::map<std::string, std::pair<double, double>> err;  // strategy -> (sum |e|, sum e^2)
+  std::map<std::string, int> exact;
+  ASSERT_EQ(doc.at("samples").size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    const auto& line = lines[i];
+    const auto& got = doc.at("samples")[i].at("strategies");
+    const cv::Mat rgb = xcam::load_rgb(line.at("image"));
+    const int H = rgb.rows, W = rgb.cols;
+    const std::string q = line.at("question");
+    auto crop = [&](double x0, double y0, double x1, double y1, xcam::MapResult* m = nullptr) {
+      const cv::Rect box(px(x0, W), px(y0, H), px(x1, W) - px(x0, W), px(y1, H) - px(y0, H));
+      return answer_of(rgb(box).clone(), q, m);
+    };
+    auto in_box = [&](double x0, double y0, double x1, double y1, const nlohmann::json& b) {
+      const double cx = 0.5 * (b[0].get<double>() + b[2].get<double>()), cy = 0.5 * (b[1].get<double>() + b[3].get<double>());
+      return cx >= px(x0, W) && cx < px(x1, W) && cy >= px(y0, H) && cy < px(y1, H);
+    };
+    const int64_t truth = line.at("count");
+    std::map<std::string, std::pair<int64_t, int64_t>> want;  // count, truth
+    want["global"] = {answer_of(rgb, q), truth};
+    int64_t in_crop = 0, in_boxes = 0;
+    for (const auto& b : line.at("boxes")) {
+      in_crop += in_box(0.1, 0.2, 0.6, 0.9, b);
+      in_boxes += in_box(0, 0, 0.5, 0.5, b) || in_box(0.25, 0.25, 1, 1, b);
+    }
+    want["crop"] = {crop(0.1, 0.2, 0.6, 0.9), in_crop};
+    int64_t dense = 0;
+    std::vector<double> pasted(static_cast<size_t>(H * W), 0.0);
+    for (int rr = 0; rr < 2; ++rr)
+      for (int c = 0; c < 3; ++c) {
+        xcam::MapResult m;
+        dense += crop(c / 3.0, rr / 2.0, (c + 1) / 3.0, (rr + 1) / 2.0, &m);
+        const int x0 = px(c / 3.0, W), x1 = px((c + 1) / 3.0, W), y0 = px(rr / 2.0, H), y1 = px((rr + 1) / 2.0, H);
+        const auto piece = resize_bilinear(m.map, m.height, m.width, y1 - y0, x1 - x0);
+        for (int y = y0; y < y1; ++y)
+          for (int x = x0; x < x1; ++x) pasted[size_t(y * W + x)] = piece[size_t((y - y0) * (x1 - x0) + x - x0)];
+      }
+    want["dense"] = {dense, truth};
+    want["hybrid"] = {crop(0, 0, 0.5, 0.5) + crop(0.5, 0, 1, 0.5) + crop(0, 0.5, 0.5, 1) + crop(0.5, 0.5, 1, 1), truth};
+    want["boxes"] = {crop(0, 0, 0.5, 0.5) + crop(0.25, 0.25, 1, 1), in_boxes};
+    for (const auto& [name, ct] : want) {
+      ASSERT_TRUE(got.contains(name)) << name;
+      EXPECT_EQ(got.at(name).at("count").get<int64_t>(), ct.first) << line.at("image") << " " << name;
+      EXPECT_EQ(got.at(name).at("true_count").get<int64_t>(), ct.second) << line.at("image") << " " << name;
+      const double e = double(ct.first - ct.second);
+      err[name].first += std::abs(e);
+      err[name].second += e * e;
+      exact[name] += e == 0;
+    }
+    // The dense map as written: the tiles' maps pasted, min-max normalised.
+    const auto npy = xcam::read_npy(dir + "/" + doc.at("samples")[i].at("id").get<std::string>() + "_dense.npy");
+    ASSERT_EQ(npy.shape, (std::vector<int64_t>{H, W}));
+    const auto [lo, hi] = std::minmax_element(pasted.begin(), pasted.end());
+    double diff = 0;
+    for (size_t k = 0; k < pasted.size(); ++k)
+      diff = std::max(diff, std::abs(double(npy.f32[k]) - (pasted[k] - *lo) / (*hi - *lo)));
+    EXPECT_LT(diff, 1e-5) << line.at("image");
+    // Coverage and background share of the global map, from the written map.
+    const auto g = xcam::read_npy(dir + "/" + doc.at("samples")[i].at("id").get<std::string>() + "_global.npy");
+    int64_t covered = 0;
+    std::vector<char> inside(static_cast<size_t>(H * W), 0);
+    for (const auto& b : line.at("boxes")) {
+      float peak = 0;
+      for (int y = b[1].get<int>(); y < b[3].get<int>(); ++y)
+        for (int x = b[0].get<int>(); x < b[2].get<int>(); ++x) {
+          peak = std::max(peak, g.f32[size_t(y * W + x)]);
+          inside[size_t(y * W + x)] = 1;
+        }
+      covered += peak >= 0.5f;
+    }
+    double total = 0, out = 0;
+    for (size_t k = 0; k < inside.size(); ++k) {
+      total += g.f32[k];
+      out += inside[k] ? 0 : g.f32[k];
+    }
+    EXPECT_EQ(got.at("global").at("covered").get<int64_t>(), covered);
+    EXPECT_NEAR(got.at("global").at("background_share").get<double>(), out / total, 1e-6);
+  }
+  for (const auto& [name, e] : err) {
+    EXPECT_NEAR(metrics.at(name + "_mae").get<double>(), e.first / 4, 1e-12) << name;
+    EXPECT_NEAR(metrics.at(name + "_rmse").get<double>(), std::sqrt(e.second / 4), 1e-12) << name;
+    EXPECT_NEAR(metrics.at(name + "_exact").get<double>(), exact[name] / 4.0, 1e-12) << name;
+    std::cout << name << ": MAE " << e.first / 4 << ", RMSE " << std::sqrt(e.second / 4) << "\n";
+  }
+  // Panels of the worst errors: the image and one tile per strategy.
+  ASSERT_EQ(doc.at("worst").size(), 2u);
+  const auto panel = xcam::load_rgb(dir + "/" + doc.at("worst")[0].at("panel").get<std::string>());
+  EXPECT_GT(panel.cols, 6 * 96);
+}
+
+// The task's bad input: one line naming the key or the sample.
+TEST(Vlm, CountTaskRefusesBadInput) {
+  xcam::test::TempDir tmp("vlm_count_bad");
+  std::string line;
+  std::getline(std::ifstream(src("zoo/data/vlm/manifest.jsonl")), line);
+  auto j = nlohmann::json::parse(line);
+  j["image"] = src("zoo/data/vlm/" + j.at("image").get<std::string>());
+  const auto no_count = [&] {
+    auto k = j;
+    k.erase("count");
+    return k;
+  }();
+  auto run = [&](const nlohmann::json& sample, const std::string& task) {
+    std::ofstream(tmp / "m.jsonl") << sample.dump() << "\n";
+    return xcam::test::run_command(xcam::test::xcam_cmd() + "explain --plugin " + plugin() + " --model " +
+                                   src(kModel) + " --plugin-options '{\"tokenizer\": \"" + src(kTokenizer) +
+                                   "\"}' --manifest " + (tmp / "m.jsonl") + " --out " + (tmp / "out") + " --task '" +
+                                   task + "'");
+  };
+  const auto a = run(no_count, R"({"name": "count"})");
+  EXPECT_NE(a.status, 0);
+  EXPECT_NE(a.output.find("has no \"count\""), std::string::npos) << a.output;
+  const auto b = run(j, R"({"name": "count", "strategies": ["boxes"]})");
+  EXPECT_NE(b.output.find("strategy boxes needs `boxes:"), std::string::npos) << b.output;
+  const auto c = run(j, R"({"name": "count", "crop": [0.5, 0, 0.2, 1]})");
+  EXPECT_NE(c.output.find("0 <= x0 < x1 <= 1"), std::string::npos) << c.output;
+  const auto d = run(j, R"({"name": "count", "tiles": 3})");
+  EXPECT_NE(d.output.find("has no key 'tiles'"), std::string::npos) << d.output;
+  const auto e = run(j, R"({"name": "counting"})");
+  EXPECT_NE(e.output.find("the task count, not 'counting'"), std::string::npos) << e.output;
 }

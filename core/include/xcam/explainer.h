@@ -156,6 +156,10 @@ class TaskRun {
   // with sample j's image as its named image `name` (TaskHost::pair).
   virtual std::vector<size_t> add_inputs(const std::string& inputs) = 0;
   virtual size_t pair(size_t i, const std::string& name, size_t j, const std::string& id) = 0;
+  // Sample i's image size as read, and a new sample cut from it
+  // (TaskHost::image_size, TaskHost::crop).
+  virtual std::array<int64_t, 2> image_size(size_t i) = 0;
+  virtual size_t crop(size_t i, const std::array<int64_t, 4>& box, const std::string& id) = 0;
 };
 
 class Explainer {
@@ -223,6 +227,12 @@ class Explainer {
   // The model's plain forward on the batch (no taps, no autograd): the
   // baseline `xcam bench` compares against.
   void forward_only(const std::vector<float>& nchw, int64_t batch, StageTimes* times);
+  // The same for whole samples of one geometry, as explain() takes them:
+  // preprocessed, prepared and decoded by the plugin (a VLM's answer
+  // generated), then one plain forward of the decoded batch (the answer
+  // teacher-forced); what an explanation costs beyond is taps, gradients
+  // and maps. times->forward_ms is the whole.
+  void forward_only(const std::vector<SampleInput>& samples, StageTimes* times);
 
  private:
   friend class ExplainerTaskHost;  // task_host.cpp

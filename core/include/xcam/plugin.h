@@ -18,7 +18,8 @@
 // out per sample) and run_task() with the TaskHost it is given. 2.3:
 // stacked_images() (one pass of a single-input model gives maps on a sample's
 // image and on its named images stacked after it, a re-ID query and its
-// reference), model_aliases(); TaskHost::add_inputs() and pair().
+// reference), model_aliases(); TaskHost::add_inputs() and pair(). 2.4:
+// TaskHost::image_size() and crop() (crops re-encoded at their own size).
 #pragma once
 
 #include <torch/script.h>
@@ -121,6 +122,18 @@ class TaskHost {
   // as its named image `name` (a query with a gallery image as its
   // "reference"); returns its index.
   virtual size_t pair(size_t i, const std::string& name, size_t j, const std::string& id) = 0;
+
+  // ---- ABI 2.4 (appended: the host implements TaskHost) ----
+
+  // Sample i's image as read: {height, width} in pixels, before any resize.
+  virtual std::array<int64_t, 2> image_size(size_t i) = 0;
+  // A new sample `id` (unique in the run): sample i with its image cut to
+  // the box {x0, y0, x1, y1} (pixels of the image as read, x1 and y1
+  // exclusive) before preprocessing, so that the crop is re-encoded at the
+  // size input_size() gives it (a VLM's crop gets its own grid); its text,
+  // requests and metadata are sample i's. Throws xcam::Error for a box
+  // outside the image or empty. Returns its index.
+  virtual size_t crop(size_t i, const std::array<int64_t, 4>& box, const std::string& id) = 0;
 };
 
 class ArchPlugin {

@@ -12,7 +12,7 @@
 #include <cstdint>
 
 #define XCAM_PLUGIN_ABI_MAJOR 2
-#define XCAM_PLUGIN_ABI_MINOR 3
+#define XCAM_PLUGIN_ABI_MINOR 4
 #define XCAM_PLUGIN_ENTRY xcam_plugin_entry
 #define XCAM_PLUGIN_ENTRY_NAME "xcam_plugin_entry"
 
