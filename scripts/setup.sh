@@ -11,6 +11,9 @@ PACKAGES=(
   libicu-dev
   googletest libgtest-dev libbenchmark-dev
   python3-torch python3-torchvision python3-numpy python3-opencv python3-venv
+  # the attention page's test: headless Chromium, driven over the DevTools
+  # protocol (tests/e2e/attention_page_test.py)
+  chromium python3-websocket
   # scripts/fuzz.sh: libFuzzer comes with clang 14; the fuzz preset builds
   # libxcam with it (and its OpenMP runtime).
   clang libomp-dev

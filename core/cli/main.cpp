@@ -11,6 +11,7 @@
 #include <random>
 #include <sstream>
 
+#include "xcam/attention_html.h"
 #include "xcam/attention_outputs.h"
 #include "xcam/attention_stats.h"
 #include "xcam/compare.h"
@@ -906,6 +907,7 @@ struct AttentionCommand {
   std::string model, tokenizer, out_dir, stat = "entropy_norm";
   std::vector<std::string> texts;
   int64_t window = 2;
+  bool html = false;
   int threads = 0;
 
   void add(CLI::App& app) {
@@ -919,6 +921,8 @@ struct AttentionCommand {
         ->required();
     cmd->add_option("--window", window, "w of the local share: keys with |i - j| <= w")->capture_default_str();
     cmd->add_option("--stat", stat, "The statistic of the heat map")->capture_default_str();
+    cmd->add_flag("--html", html,
+                  "Also an interactive page per text (attention_<k>.html: head view and model view, data embedded)");
     cmd->add_option("--threads", threads, "Intra-op threads (0: all cores)")->capture_default_str();
   }
 
@@ -937,6 +941,7 @@ struct AttentionCommand {
     const auto tok = xcam::Tokenizer::from_file(tokenizer);
     const auto net = xcam::AttentionModel::load(model);
     std::vector<std::vector<std::vector<xcam::HeadStats>>> per_text;  // [text][layer][head]
+    std::vector<xcam::AttentionPage> pages;
     bool has_cls = false;
     for (const auto& text : texts) {
       const auto enc = tok.encode(text, true);
@@ -955,6 +960,16 @@ struct AttentionCommand {
       per_text.emplace_back();
       for (const auto& layer : att.layers)
         per_text.back().push_back(xcam::layer_head_stats(layer.data(), att.heads, att.tokens, facts));
+      if (html) {
+        xcam::AttentionPage page;
+        page.title = fmt::format("{}: text {} of {}", fs::path(model).filename().string(), pages.size() + 1,
+                                 texts.size());
+        page.tokens = enc.tokens;
+        page.special = enc.special;
+        page.heads = att.heads;
+        page.layers = att.layers;
+        pages.push_back(std::move(page));
+      }
     }
     xcam::AttentionTable table;
     table.window = window;
@@ -974,8 +989,14 @@ struct AttentionCommand {
                             xcam::attention_table_json(table));
     const auto png = fs::path(out_dir) / ("attention_" + stat + ".png");
     xcam::write_attention_heatmap(png.string(), table, stat);
+    for (size_t k = 0; k < pages.size(); ++k) {
+      pages[k].labels = table.labels;
+      xcam::write_file_atomic((fs::path(out_dir) / fmt::format("attention_{}.html", k + 1)).string(),
+                              xcam::attention_html(pages[k]));
+    }
     std::cout << xcam::attention_table_text(table) << "wrote " << (fs::path(out_dir) / "attention_stats.csv").string()
-              << ", attention_stats.json, " << png.filename().string() << "\n";
+              << ", attention_stats.json, " << png.filename().string()
+              << (pages.empty() ? "" : fmt::format(", attention_1.html to attention_{}.html", pages.size())) << "\n";
     return 0;
   }
 };

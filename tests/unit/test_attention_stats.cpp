@@ -17,6 +17,7 @@
 #include <random>
 
 #include "../common.h"
+#include "xcam/attention_html.h"
 #include "xcam/attention_stats.h"
 #include "xcam/error.h"
 
@@ -375,3 +376,58 @@ TEST(AttentionCli, OneLineErrors) {
 }
 
 }  // namespace
+
+// The page's embedded data: every attention value as round(255 sqrt(p)),
+// base64 per layer, tokens as given (a "</script>" in a token cannot end the
+// data element), labels; wrong sizes refused.
+TEST(AttentionPage, EmbedsTheAttentionAndTheTokens) {
+  const int64_t H = 2, T = 3;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  xcam::AttentionPage page;
+  page.title = "t";
+  page.tokens = {"[CLS]", "</script><b>x", "[SEP]"};
+  page.special = {true, false, true};
+  page.heads = H;
+  for (int l = 0; l < 2; ++l) {
+    std::vector<float> a(static_cast<size_t>(H * T * T));
+    for (auto& v : a) v = u(rng);
+    a[0] = 0.f;
+    a[1] = 1.f;
+    page.layers.push_back(a);
+  }
+  page.labels = {{"CLS", "local"}, {"broad", "global"}};
+  const auto html = xcam::attention_html(page);
+  EXPECT_EQ(html.find("</script><b>"), std::string::npos);
+  const auto open = html.find("<script id=\"data\" type=\"application/json\">");
+  ASSERT_NE(open, std::string::npos);
+  const auto start = html.find('>', open) + 1, end = html.find("</script>", start);
+  std::string text = html.substr(start, end - start);
+  for (size_t at = 0; (at = text.find("<\\/", at)) != std::string::npos;) text.replace(at, 3, "</");
+  const auto data = nlohmann::json::parse(text);
+  EXPECT_EQ(data.at("tokens").get<std::vector<std::string>>(), page.tokens);
+  EXPECT_EQ(data.at("labels")[1][0], "broad");
+  EXPECT_EQ(data.at("heads"), H);
+  const std::string b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  for (size_t l = 0; l < 2; ++l) {
+    const std::string s = data.at("attention")[l];
+    std::vector<int> bytes;
+    for (size_t i = 0; i + 3 < s.size(); i += 4) {
+      uint32_t n = 0;
+      int pad = 0;
+      for (int k = 0; k < 4; ++k) {
+        n <<= 6;
+        if (s[i + k] == '=') ++pad;
+        else n |= static_cast<uint32_t>(b64.find(s[i + k]));
+      }
+      for (int k = 0; k < 3 - pad; ++k) bytes.push_back(static_cast<int>((n >> (16 - 8 * k)) & 255));
+    }
+    ASSERT_EQ(bytes.size(), page.layers[l].size());
+    for (size_t k = 0; k < bytes.size(); ++k)
+      EXPECT_EQ(bytes[k], std::lround(255.0 * std::sqrt(double(page.layers[l][k])))) << l << " " << k;
+    EXPECT_EQ(bytes[0], 0);
+    EXPECT_EQ(bytes[1], 255);
+  }
+  page.layers[1].pop_back();
+  EXPECT_THROW(xcam::attention_html(page), xcam::Error);
+}
