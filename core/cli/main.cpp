@@ -14,6 +14,7 @@
 #include "xcam/attention_html.h"
 #include "xcam/attention_outputs.h"
 #include "xcam/attention_stats.h"
+#include "xcam/attention_views.h"
 #include "xcam/compare.h"
 #include "xcam/error.h"
 #include "xcam/experiment.h"
@@ -907,7 +908,8 @@ struct AttentionCommand {
   std::string model, tokenizer, out_dir, stat = "entropy_norm";
   std::vector<std::string> texts;
   int64_t window = 2;
-  bool html = false;
+  bool html = false, views = false;
+  std::vector<int64_t> flows;
   int threads = 0;
 
   void add(CLI::App& app) {
@@ -923,6 +925,12 @@ struct AttentionCommand {
     cmd->add_option("--stat", stat, "The statistic of the heat map")->capture_default_str();
     cmd->add_flag("--html", html,
                   "Also an interactive page per text (attention_<k>.html: head view and model view, data embedded)");
+    cmd->add_flag("--views", views,
+                  "Also images per text: every head of each layer (attention_<k>_layer<L>.png) and each head across "
+                  "the layers (attention_<k>_head<H>.png)");
+    one_each(cmd->add_option("--flow", flows,
+                             "Also the flow from this token index in every layer, per text (attention_<k>_flow<I>.png; "
+                             "repeat for several)"));
     cmd->add_option("--threads", threads, "Intra-op threads (0: all cores)")->capture_default_str();
   }
 
@@ -960,7 +968,7 @@ struct AttentionCommand {
       per_text.emplace_back();
       for (const auto& layer : att.layers)
         per_text.back().push_back(xcam::layer_head_stats(layer.data(), att.heads, att.tokens, facts));
-      if (html) {
+      if (html || views || !flows.empty()) {
         xcam::AttentionPage page;
         page.title = fmt::format("{}: text {} of {}", fs::path(model).filename().string(), pages.size() + 1,
                                  texts.size());
@@ -989,14 +997,30 @@ struct AttentionCommand {
                             xcam::attention_table_json(table));
     const auto png = fs::path(out_dir) / ("attention_" + stat + ".png");
     xcam::write_attention_heatmap(png.string(), table, stat);
+    size_t images = 0;
     for (size_t k = 0; k < pages.size(); ++k) {
-      pages[k].labels = table.labels;
-      xcam::write_file_atomic((fs::path(out_dir) / fmt::format("attention_{}.html", k + 1)).string(),
-                              xcam::attention_html(pages[k]));
+      auto& page = pages[k];
+      page.labels = table.labels;
+      auto file = [&](const std::string& name) { return (fs::path(out_dir) / name).string(); };
+      if (html) xcam::write_file_atomic(file(fmt::format("attention_{}.html", k + 1)), xcam::attention_html(page));
+      if (views) {
+        for (int64_t l = 0; l < static_cast<int64_t>(page.layers.size()); ++l, ++images)
+          xcam::write_png(file(fmt::format("attention_{}_layer{}.png", k + 1, l)), xcam::render_layer_heads(page, l));
+        for (int64_t h = 0; h < page.heads; ++h, ++images)
+          xcam::write_png(file(fmt::format("attention_{}_head{}.png", k + 1, h)), xcam::render_head_layers(page, h));
+      }
+      for (const int64_t t : flows) {
+        XCAM_CHECK(t >= 0 && t < static_cast<int64_t>(page.tokens.size()),
+                   "--flow {}: text {} has tokens 0 to {} ({})", t, k + 1, page.tokens.size() - 1,
+                   fmt::join(page.tokens, " "));
+        xcam::write_png(file(fmt::format("attention_{}_flow{}.png", k + 1, t)), xcam::render_flow(page, t));
+        ++images;
+      }
     }
     std::cout << xcam::attention_table_text(table) << "wrote " << (fs::path(out_dir) / "attention_stats.csv").string()
               << ", attention_stats.json, " << png.filename().string()
-              << (pages.empty() ? "" : fmt::format(", attention_1.html to attention_{}.html", pages.size())) << "\n";
+              << (html ? fmt::format(", attention_1.html to attention_{}.html", pages.size()) : "")
+              << (images ? fmt::format(", {} view images", images) : "") << "\n";
     return 0;
   }
 };

@@ -19,6 +19,8 @@
 #include "../common.h"
 #include "xcam/attention_html.h"
 #include "xcam/attention_stats.h"
+#include "xcam/attention_views.h"
+#include "xcam/render.h"
 #include "xcam/error.h"
 
 using xcam::test::expect_one_line_error;
@@ -373,6 +375,9 @@ TEST(AttentionCli, OneLineErrors) {
   expect_one_line_error(run_command(xcam_cmd() + "attention --model " + bert + " --tokenizer " + (tmp / "nope.json") +
                                     " --text 'a b c' --out " + (tmp / "o")),
                         "nope.json' does not exist");
+  expect_one_line_error(run_command(xcam_cmd() + "attention --model " + bert + " --tokenizer " + tok +
+                                    " --text 'a b c' --flow 5 --out " + (tmp / "o")),
+                        "--flow 5: text 1 has tokens 0 to 4 ([CLS] a b c [SEP])");
 }
 
 }  // namespace
@@ -430,4 +435,47 @@ TEST(AttentionPage, EmbedsTheAttentionAndTheTokens) {
   }
   page.layers[1].pop_back();
   EXPECT_THROW(xcam::attention_html(page), xcam::Error);
+}
+
+// The views: a head's heat map colours cell (i, j) by sqrt(p_ij); the flow
+// panel draws a line from the chosen query to each key it attends to, in its
+// head's colour, and none to a key it ignores; out-of-range tokens and
+// layers are refused.
+TEST(AttentionViews, HeatMapCellsAndFlowLines) {
+  const int64_t T = 4, H = 2;
+  xcam::AttentionPage page;
+  page.title = "views";
+  page.tokens = {"[CLS]", "a", "b", "[SEP]"};
+  page.heads = H;
+  std::vector<float> a(static_cast<size_t>(H * T * T), 0.f);
+  auto at = [&](int64_t h, int64_t i, int64_t j) -> float& { return a[static_cast<size_t>((h * T + i) * T + j)]; };
+  for (int64_t i = 0; i < T; ++i) {
+    at(0, i, (i + 1) % T) = 0.75f;  // head 0: mostly the next token
+    at(0, i, i) = 0.25f;
+    at(1, i, 0) = 1.f;  // head 1: [CLS]
+  }
+  page.layers = {a, a};
+  const auto& lut = xcam::colormap_lut(xcam::Colormap::viridis);
+  const auto heat = xcam::render_attention_head(a.data(), T, 5);
+  ASSERT_EQ(heat.rows, 20);
+  for (int64_t i = 0; i < T; ++i)
+    for (int64_t j = 0; j < T; ++j) {
+      const auto px = heat.at<cv::Vec3b>(static_cast<int>(i) * 5 + 2, static_cast<int>(j) * 5 + 2);
+      const auto k = static_cast<size_t>(std::lround(255.0 * std::sqrt(double(at(0, i, j))))) * 3;
+      EXPECT_EQ(px, cv::Vec3b(lut[k], lut[k + 1], lut[k + 2])) << i << " " << j;
+    }
+  const auto flow = xcam::render_flow_panel(page, 1, 1);
+  auto y = [](int64_t k) { return 30 + 18 * static_cast<int>(k) + 9; };
+  auto mid = [&](int64_t j) { return flow.at<cv::Vec3b>((y(1) + y(j)) / 2, (136 + 364) / 2); };
+  auto rgb = [](const cv::Scalar& c) { return cv::Vec3b(uchar(c[0]), uchar(c[1]), uchar(c[2])); };
+  EXPECT_EQ(mid(2), rgb(xcam::head_colour(0)));  // head 0: token 1 -> token 2 (0.75)
+  EXPECT_EQ(mid(0), rgb(xcam::head_colour(1)));  // head 1: token 1 -> [CLS]
+  EXPECT_EQ(mid(3), cv::Vec3b(255, 255, 255));   // nothing to [SEP]
+  EXPECT_NE(xcam::head_colour(0), xcam::head_colour(1));
+  EXPECT_THROW(xcam::render_flow_panel(page, 0, 4), xcam::Error);
+  EXPECT_THROW(xcam::render_flow_panel(page, 2, 0), xcam::Error);
+  EXPECT_THROW(xcam::render_layer_heads(page, 2), xcam::Error);
+  EXPECT_THROW(xcam::render_head_layers(page, 2), xcam::Error);
+  const auto grid = xcam::render_layer_heads(page, 0);
+  EXPECT_GE(grid.cols, 2 * 128);  // both heads, each at least 128 px wide
 }
