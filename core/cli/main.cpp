@@ -11,10 +11,7 @@
 #include <random>
 #include <sstream>
 
-#include "xcam/attention_html.h"
-#include "xcam/attention_outputs.h"
-#include "xcam/attention_stats.h"
-#include "xcam/attention_views.h"
+#include "xcam/attention_run.h"
 #include "xcam/compare.h"
 #include "xcam/error.h"
 #include "xcam/experiment.h"
@@ -905,122 +902,41 @@ struct DoctorCommand {
 // model returns, averaged over the texts (docs/attention.md).
 struct AttentionCommand {
   CLI::App* cmd = nullptr;
-  std::string model, tokenizer, out_dir, stat = "entropy_norm";
-  std::vector<std::string> texts;
-  int64_t window = 2;
-  bool html = false, views = false;
-  std::vector<int64_t> flows;
+  xcam::AttentionRun a;
   int threads = 0;
 
   void add(CLI::App& app) {
     cmd = app.add_subcommand("attention", "Per-head attention statistics and pattern labels (CSV, JSON, heat map)");
-    cmd->add_option("--model", model, "TorchScript model returning its attentions (output_attentions=True)")
+    cmd->add_option("--model", a.model, "TorchScript model returning its attentions (output_attentions=True)")
         ->required();
-    cmd->add_option("--tokenizer", tokenizer, "The model's Hugging Face tokenizer.json");
-    one_each(cmd->add_option("--text", texts, "A text to run (repeat for several; statistics are averaged)")
+    cmd->add_option("--tokenizer", a.tokenizer, "The model's Hugging Face tokenizer.json");
+    one_each(cmd->add_option("--text", a.texts, "A text to run (repeat for several; statistics are averaged)")
                  ->required());
-    cmd->add_option("--out", out_dir, "Output directory (attention_stats.csv, .json, attention_STAT.png)")
+    cmd->add_option("--out", a.out_dir, "Output directory (attention_stats.csv, .json, attention_STAT.png)")
         ->required();
-    cmd->add_option("--window", window, "w of the local share: keys with |i - j| <= w")->capture_default_str();
-    cmd->add_option("--stat", stat, "The statistic of the heat map")->capture_default_str();
-    cmd->add_flag("--html", html,
+    cmd->add_option("--window", a.window, "w of the local share: keys with |i - j| <= w")->capture_default_str();
+    cmd->add_option("--stat", a.stat, "The statistic of the heat map")->capture_default_str();
+    cmd->add_option("--structured", a.rules.structured,
+                    "Label rule 1: a structured share (previous, next, self, CLS, separator) above this names the head")
+        ->capture_default_str();
+    cmd->add_option("--local", a.rules.local, "Label rule 2: local when the local share is above this")
+        ->capture_default_str();
+    cmd->add_option("--broad", a.rules.broad, "Label rule 3: broad when the normalised entropy is above this")
+        ->capture_default_str();
+    cmd->add_flag("--html", a.html,
                   "Also an interactive page per text (attention_<k>.html: head view and model view, data embedded)");
-    cmd->add_flag("--views", views,
+    cmd->add_flag("--views", a.views,
                   "Also images per text: every head of each layer (attention_<k>_layer<L>.png) and each head across "
                   "the layers (attention_<k>_head<H>.png)");
-    one_each(cmd->add_option("--flow", flows,
+    one_each(cmd->add_option("--flow", a.flows,
                              "Also the flow from this token index in every layer, per text (attention_<k>_flow<I>.png; "
                              "repeat for several)"));
     cmd->add_option("--threads", threads, "Intra-op threads (0: all cores)")->capture_default_str();
   }
 
   int run() {
-    XCAM_CHECK(!tokenizer.empty(),
-               "`xcam attention` needs the model's tokenizer: give --tokenizer tokenizer.json (the zoo BERT's is "
-               "zoo/models/tokenizers/bert/tokenizer.json)");
-    XCAM_CHECK(fs::is_regular_file(tokenizer),
-               "tokenizer '{}' does not exist; give --tokenizer the model's Hugging Face tokenizer.json",
-               tokenizer);
-    XCAM_CHECK(std::find(xcam::head_stat_names().begin(), xcam::head_stat_names().end(), stat) !=
-                   xcam::head_stat_names().end(),
-               "--stat '{}' is not a head statistic; expected one of {}", stat,
-               fmt::join(xcam::head_stat_names(), ", "));
     xcam::set_threads(threads);
-    const auto tok = xcam::Tokenizer::from_file(tokenizer);
-    const auto net = xcam::AttentionModel::load(model);
-    std::vector<std::vector<std::vector<xcam::HeadStats>>> per_text;  // [text][layer][head]
-    std::vector<xcam::AttentionPage> pages;
-    bool has_cls = false;
-    for (const auto& text : texts) {
-      const auto enc = tok.encode(text, true);
-      xcam::TokenFacts facts;
-      facts.window = window;
-      for (size_t k = 0; k < enc.ids.size(); ++k) {
-        const auto& t = enc.tokens[k];
-        facts.cls.push_back(enc.special[k] && (t == "[CLS]" || t == "<s>"));
-        facts.sep.push_back(enc.special[k] && (t == "[SEP]" || t == "</s>"));
-        has_cls = has_cls || facts.cls.back();
-      }
-      const auto att = net.run(enc.ids, std::vector<int64_t>(enc.ids.size(), 1));
-      XCAM_CHECK(per_text.empty() || per_text.front().size() == att.layers.size(),
-                 "model '{}' returned {} attention layers for one text and {} for another", model,
-                 per_text.empty() ? 0 : per_text.front().size(), att.layers.size());
-      per_text.emplace_back();
-      for (const auto& layer : att.layers)
-        per_text.back().push_back(xcam::layer_head_stats(layer.data(), att.heads, att.tokens, facts));
-      if (html || views || !flows.empty()) {
-        xcam::AttentionPage page;
-        page.title = fmt::format("{}: text {} of {}", fs::path(model).filename().string(), pages.size() + 1,
-                                 texts.size());
-        page.tokens = enc.tokens;
-        page.special = enc.special;
-        page.heads = att.heads;
-        page.layers = att.layers;
-        pages.push_back(std::move(page));
-      }
-    }
-    xcam::AttentionTable table;
-    table.window = window;
-    table.texts = static_cast<int64_t>(texts.size());
-    for (size_t l = 0; l < per_text.front().size(); ++l) {
-      table.rows.emplace_back();
-      for (size_t h = 0; h < per_text.front()[l].size(); ++h) {
-        std::vector<xcam::HeadStats> each;
-        for (const auto& t : per_text) each.push_back(t[l][h]);
-        table.rows.back().push_back(xcam::mean_head_stats(each));
-      }
-    }
-    xcam::label_table(table, has_cls);
-    fs::create_directories(out_dir);
-    xcam::write_file_atomic((fs::path(out_dir) / "attention_stats.csv").string(), xcam::attention_table_csv(table));
-    xcam::write_file_atomic((fs::path(out_dir) / "attention_stats.json").string(),
-                            xcam::attention_table_json(table));
-    const auto png = fs::path(out_dir) / ("attention_" + stat + ".png");
-    xcam::write_attention_heatmap(png.string(), table, stat);
-    size_t images = 0;
-    for (size_t k = 0; k < pages.size(); ++k) {
-      auto& page = pages[k];
-      page.labels = table.labels;
-      auto file = [&](const std::string& name) { return (fs::path(out_dir) / name).string(); };
-      if (html) xcam::write_file_atomic(file(fmt::format("attention_{}.html", k + 1)), xcam::attention_html(page));
-      if (views) {
-        for (int64_t l = 0; l < static_cast<int64_t>(page.layers.size()); ++l, ++images)
-          xcam::write_png(file(fmt::format("attention_{}_layer{}.png", k + 1, l)), xcam::render_layer_heads(page, l));
-        for (int64_t h = 0; h < page.heads; ++h, ++images)
-          xcam::write_png(file(fmt::format("attention_{}_head{}.png", k + 1, h)), xcam::render_head_layers(page, h));
-      }
-      for (const int64_t t : flows) {
-        XCAM_CHECK(t >= 0 && t < static_cast<int64_t>(page.tokens.size()),
-                   "--flow {}: text {} has tokens 0 to {} ({})", t, k + 1, page.tokens.size() - 1,
-                   fmt::join(page.tokens, " "));
-        xcam::write_png(file(fmt::format("attention_{}_flow{}.png", k + 1, t)), xcam::render_flow(page, t));
-        ++images;
-      }
-    }
-    std::cout << xcam::attention_table_text(table) << "wrote " << (fs::path(out_dir) / "attention_stats.csv").string()
-              << ", attention_stats.json, " << png.filename().string()
-              << (html ? fmt::format(", attention_1.html to attention_{}.html", pages.size()) : "")
-              << (images ? fmt::format(", {} view images", images) : "") << "\n";
+    std::cout << xcam::run_attention(a);
     return 0;
   }
 };

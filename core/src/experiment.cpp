@@ -325,6 +325,43 @@ void load_outputs(const Yaml& y, const YAML::Node& root, const std::string& base
 
 }
 
+// task: {name: attention, tokenizer, window, stat, rules, html, views, flow}
+// over the inputs' texts (a manifest's "text" lines).
+void load_attention(const Yaml& y, const YAML::Node& task, const std::string& base, ExperimentConfig& c) {
+  y.only_keys(task, "task (attention)", {"name", "tokenizer", "window", "stat", "rules", "html", "views", "flow"});
+  AttentionRun& a = c.attention.emplace();
+  a.model = c.explainer.model;
+  if (!task["tokenizer"]) y.fail(task, "task attention needs 'tokenizer' (the model's tokenizer.json)");
+  a.tokenizer = resolve(base, y.as<std::string>(task["tokenizer"], "tokenizer", "a file path"));
+  if (task["window"]) a.window = y.as<int64_t>(task["window"], "window", "an integer >= 0");
+  if (a.window < 0) y.fail(task["window"], "key 'window' must be an integer >= 0");
+  if (task["stat"]) a.stat = y.as<std::string>(task["stat"], "stat", "a statistic's name");
+  if (task["html"]) a.html = y.as<bool>(task["html"], "html", "true or false");
+  if (task["views"]) a.views = y.as<bool>(task["views"], "views", "true or false");
+  if (const auto& f = task["flow"]) {
+    for (const auto& v : y.strings(f, "flow")) {
+      const auto t = std::strtoll(v.c_str(), nullptr, 10);
+      if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
+        y.fail(f, "key 'flow' must be token indices (integers >= 0)");
+      a.flows.push_back(t);
+    }
+  }
+  if (const auto& rules = task["rules"]) {
+    y.only_keys(rules, "task.rules", {"structured", "local", "broad"});
+    if (rules["structured"]) a.rules.structured = y.as<double>(rules["structured"], "structured", "a share in [0, 1]");
+    if (rules["local"]) a.rules.local = y.as<double>(rules["local"], "local", "a share in [0, 1]");
+    if (rules["broad"]) a.rules.broad = y.as<double>(rules["broad"], "broad", "a share in [0, 1]");
+  }
+  for (const auto& sp : c.samples) {
+    if (sp.text.empty())
+      y.fail(task, fmt::format("task attention reads texts: sample '{}' has no \"text\" (give a manifest of "
+                               "{{\"text\": ...}} lines)",
+                               sp.id.empty() ? sp.image : sp.id));
+    a.texts.push_back(sp.text);
+  }
+  if (a.texts.empty()) y.fail(task, "task attention reads texts: give inputs.manifest with {\"text\": ...} lines");
+}
+
 // compare: `true`, an empty mapping, or sort_by, steps, chunk, grid.
 void load_compare(const Yaml& y, const YAML::Node& cmp, ExperimentConfig& c) {
   // `compare: true` (or an empty mapping) takes every default; false is off.
@@ -398,6 +435,7 @@ ExperimentConfig load_experiment(const std::string& path) {
     if (!task.IsMap() || !task["name"]) y.fail(task, "key 'task' must be a mapping with the task's 'name'");
     if (c.compare) y.fail(task, "a run has a task or a comparison, not both");
     c.task = yaml_to_json(y, task).dump();
+    if (y.as<std::string>(task["name"], "task.name", "a string") == "attention") load_attention(y, task, base, c);
   }
   return c;
 }
@@ -507,6 +545,14 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& patterns,
 
 RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {
   RunSummary summary;
+  if (cfg.attention) {  // the host's attention analysis of the texts
+    set_threads(cfg.threads);
+    AttentionRun a = *cfg.attention;
+    a.out_dir = cfg.outputs.dir;
+    std::cout << run_attention(a);
+    summary.done = static_cast<int>(a.texts.size());
+    return summary;
+  }
   std::map<std::string, std::vector<Box>> boxes;
   if (!cfg.boxes.empty()) boxes = read_boxes(cfg.boxes);
   set_threads(cfg.threads);

@@ -307,6 +307,50 @@ std::map<std::pair<int, int>, nlohmann::json> heads_of(const std::string& json_p
   return out;
 }
 
+// The YAML task `attention` (configs/bert_attention.yaml's form) writes what
+// the command writes for the same texts, byte for byte; its rules relabel
+// (broad above 1.0: no head is broad); a bad key names itself.
+TEST(AttentionCli, YamlTaskEqualsTheCommand) {
+  TempDir tmp("attention-yaml");
+  std::vector<std::string> texts;
+  std::string lines;
+  for (const auto& t : fixture()["texts"]) {
+    texts.push_back(t["text"].get<std::string>());
+    lines += nlohmann::json{{"text", texts.back()}}.dump() + "\n";
+  }
+  std::ofstream(tmp / "texts.jsonl") << lines;
+  auto yaml = [&](const std::string& dir, const std::string& extra) {
+    const std::string path = tmp / (dir + ".yaml");
+    std::ofstream(path) << "name: a\nmodel: " << source("zoo/models/bert/bert_patterns_traced.pt")
+                        << "\ninputs:\n  manifest: " << (tmp / "texts.jsonl") << "\ntask:\n  name: attention\n"
+                        << "  tokenizer: " << source("zoo/models/tokenizers/bert/tokenizer.json") << "\n" << extra
+                        << "threads: 2\noutputs:\n  dir: " << (tmp / dir) << "\n";
+    return run_command(xcam_cmd() + "run " + path);
+  };
+  const auto y = yaml("yaml", "  html: true\n");
+  ASSERT_EQ(y.status, 0) << y.output;
+  const auto c = run_command(attention_cmd(texts, tmp / "cli") + " --html");
+  ASSERT_EQ(c.status, 0) << c.output;
+  for (const auto* f : {"attention_stats.csv", "attention_stats.json", "attention_1.html", "attention_4.html"}) {
+    std::ifstream a(tmp / (std::string("yaml/") + f)), b(tmp / (std::string("cli/") + f));
+    const std::string sa((std::istreambuf_iterator<char>(a)), {}), sb((std::istreambuf_iterator<char>(b)), {});
+    EXPECT_FALSE(sa.empty()) << f;
+    EXPECT_EQ(sa, sb) << f;
+  }
+  const auto strict = yaml("strict", "  rules: {broad: 1.0}\n");
+  ASSERT_EQ(strict.status, 0) << strict.output;
+  const auto before = heads_of(tmp / "yaml/attention_stats.json"), after = heads_of(tmp / "strict/attention_stats.json");
+  int broad = 0;
+  for (const auto& [k, h] : before) {
+    broad += h["label"] == "broad";
+    EXPECT_NE(after.at(k)["label"], "broad");
+  }
+  EXPECT_GT(broad, 0);
+  const auto bad = yaml("bad", "  heads: 3\n");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.output.find("unknown key 'heads' in task (attention)"), std::string::npos) << bad.output;
+}
+
 TEST(AttentionCli, DesignedHeadsGetTheirLabels) {
   std::vector<std::string> texts;
   for (const auto& t : fixture()["texts"]) texts.push_back(t["text"].get<std::string>());

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "xcam/attention_run.h"
 #include "xcam/explainer.h"
 #include "xcam/metrics.h"
 
@@ -78,6 +79,10 @@ struct ExperimentConfig {
   // YAML `task:` as a JSON object (empty: none): the plugin's dataset-level
   // task runs over the inputs instead of explaining each (ABI 2.2 plugins).
   std::string task;
+  // `task: {name: attention, ...}`: the host's attention analysis of the
+  // inputs' texts (docs/attention.md) instead of explaining them; its model
+  // and out_dir are the experiment's.
+  std::optional<AttentionRun> attention;
 };
 
 // Parses and validates a YAML experiment. Errors name the file, line and key;
