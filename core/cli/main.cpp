@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <random>
 #include <sstream>
 
@@ -85,9 +86,11 @@ struct ModelFlags {
     cmd->add_option("--prefix-tokens", a.prefix, "Attention methods: tokens before the patch grid (CLS, ...)")
         ->capture_default_str()
         ->check(CLI::NonNegativeNumber);
-    cmd->add_option("--query-token", a.query, "Attention methods: the token whose attention row is the map")
+    cmd->add_option("--query-token", a.query,
+                    "Attention methods: the token whose attention row is the map; -1: the mean of every row (what "
+                    "each token receives, for encoders without a CLS token)")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()));
     cmd->add_option("--head-fusion", a.head_fusion, "Attention methods: heads fused by mean, max or min")
         ->capture_default_str()
         ->check(CLI::IsMember({"mean", "max", "min"}));

@@ -153,8 +153,13 @@ void load_attention(const Yaml& y, const YAML::Node& at, AttentionOptions& o) {
   }
   if (at["prefix"]) o.prefix = y.as<int64_t>(at["prefix"], "prefix", "an integer");
   if (o.prefix < 0) y.fail(at["prefix"], "key 'prefix' must be at least 0");
-  if (at["query"]) o.query = y.as<int64_t>(at["query"], "query", "an integer");
-  if (o.query < 0) y.fail(at["query"], "key 'query' must be at least 0");
+  if (const auto& q = at["query"]) {
+    const auto v = y.as<std::string>(q, "query", "a token index or mean");
+    if (v == "mean") o.query = -1;
+    else if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
+      y.fail(q, "key 'query' must be a token index (an integer >= 0) or mean (the mean of every query's row)");
+    else o.query = std::stoll(v);
+  }
   if (at["head_fusion"]) o.head_fusion = y.as<std::string>(at["head_fusion"], "head_fusion", "mean, max or min");
   if (o.head_fusion != "mean" && o.head_fusion != "max" && o.head_fusion != "min")
     y.fail(at["head_fusion"], "key 'head_fusion' must be mean, max or min");

@@ -706,7 +706,7 @@ std::vector<kernels::MapOutput> Explainer::Impl::method_maps(const Pass& pass, c
     for (size_t l = 0; l < L; ++l) {
       const auto all = methods::as_attention(fwd.taps[l].detach(), S * B, layers[l], method->kind == Kind::attention);
       attn[l] = rows(l, all);
-      XCAM_CHECK(opt.attention.query >= 0 && opt.attention.query < attn[l].size(2),
+      XCAM_CHECK(opt.attention.query < attn[l].size(2),
                  "query token {} is out of range: layer '{}' has {} query token(s)", opt.attention.query, layers[l],
                  attn[l].size(2));
       if (method->gradients)

@@ -78,10 +78,16 @@ at::Tensor identity_like(const at::Tensor& fused) {
   return at::eye(N, fused.options()).expand_as(fused);
 }
 
+// Row o.query of B x N x N, or with o.query < 0 the mean of the rows (what
+// each token receives, on average: encoders without a CLS token).
+at::Tensor query_row(const at::Tensor& r, const AttentionOptions& o) {
+  return (o.query >= 0 ? r.select(1, o.query) : r.mean(1)).to(at::kFloat);
+}
+
 // The query token's row of the fused attention.
 at::Tensor attention_row(const std::vector<at::Tensor>& attention, const std::vector<at::Tensor>&,
                          const AttentionOptions& o) {
-  return fuse_heads(attention.at(0), o.head_fusion).select(1, o.query).to(at::kFloat);
+  return query_row(fuse_heads(attention.at(0), o.head_fusion), o);
 }
 
 // Abnar & Zuidema: per block, heads fused, the lowest `discard_ratio` of the
@@ -95,8 +101,10 @@ at::Tensor rollout(const std::vector<at::Tensor>& attention, const std::vector<a
     const int64_t B = f.size(0), N = f.size(-1);
     if (o.discard_ratio > 0) {
       auto rank = f.clone();
-      rank.select(1, o.query).fill_(INFINITY);
-      rank.select(2, o.query).fill_(INFINITY);
+      if (o.query >= 0) {
+        rank.select(1, o.query).fill_(INFINITY);
+        rank.select(2, o.query).fill_(INFINITY);
+      }
       const int64_t k = std::min<int64_t>(static_cast<int64_t>(static_cast<double>(N * N) * o.discard_ratio),
                                           N * N - (2 * N - 1));
       if (k > 0) {
@@ -108,7 +116,7 @@ at::Tensor rollout(const std::vector<at::Tensor>& attention, const std::vector<a
     f = f / f.sum(-1, true);
     R = R.defined() ? at::bmm(f, R) : f;
   }
-  return R.select(1, o.query).to(at::kFloat);
+  return query_row(R, o);
 }
 
 // Chefer et al. 2021 (generic): R = I; per block R += mean_heads(relu(dA * A)) R;
@@ -121,7 +129,7 @@ at::Tensor relevancy(const std::vector<at::Tensor>& attention, const std::vector
     if (!R.defined()) R = identity_like(cam).clone();
     R = R + at::bmm(cam, R);
   }
-  return R.select(1, o.query).to(at::kFloat);
+  return query_row(R, o);
 }
 
 }  // namespace

@@ -75,6 +75,12 @@ std::array<at::Tensor, 2> window_inputs(int64_t gh, int64_t gw, const Geometry& 
 // raster order.
 at::Tensor from_window_order(const at::Tensor& rows, const at::Tensor& window_index);
 
+// For each cell of the gh x gw patch grid, row-major, the row of a vision
+// block's token sequence that holds it (patch order: the merged tokens'
+// merge x merge blocks; Qwen2.5-VL: those blocks in window order): how a
+// vision attention's P x P rows are laid out on the image.
+std::vector<int64_t> vision_token_rows(int64_t gh, int64_t gw, const Geometry& g);
+
 // A vision block's output [gh*gw, C] (patch order) as 1 x C x gh x gw.
 at::Tensor patches_to_grid(const at::Tensor& tokens, int64_t gh, int64_t gw, int64_t merge);
 

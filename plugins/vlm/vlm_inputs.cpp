@@ -126,6 +126,22 @@ at::Tensor from_window_order(const at::Tensor& rows, const at::Tensor& window_in
   return at::empty_like(grouped).index_copy_(0, window_index.to(rows.device()), grouped).reshape(rows.sizes());
 }
 
+std::vector<int64_t> vision_token_rows(int64_t gh, int64_t gw, const Geometry& g) {
+  const int64_t m = g.merge, lw = gw / m;
+  std::vector<int64_t> slot(static_cast<size_t>(gh / m * lw));  // merged token -> its group's place in the rows
+  for (size_t t = 0; t < slot.size(); ++t) slot[t] = static_cast<int64_t>(t);
+  if (g.max_windows > 0) {
+    const auto order = window_inputs(gh, gw, g)[0].contiguous();
+    for (int64_t k = 0; k < order.numel(); ++k) slot[static_cast<size_t>(order.data_ptr<int64_t>()[k])] = k;
+  }
+  std::vector<int64_t> rows;
+  rows.reserve(static_cast<size_t>(gh * gw));
+  for (int64_t r = 0; r < gh; ++r)
+    for (int64_t c = 0; c < gw; ++c)
+      rows.push_back(slot[static_cast<size_t>(r / m * lw + c / m)] * m * m + (r % m) * m + c % m);
+  return rows;
+}
+
 at::Tensor patches_to_grid(const at::Tensor& tokens, int64_t gh, int64_t gw, int64_t merge) {
   const int64_t C = tokens.size(-1);
   return tokens.reshape({gh / merge, gw / merge, merge, merge, C})

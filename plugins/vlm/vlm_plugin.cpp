@@ -96,6 +96,7 @@ class VlmPlugin final : public ArchPlugin {
   std::vector<int64_t> generate(torch::jit::Module& model, const Batch& batch, const std::vector<int64_t>& prompt) const;
   std::vector<c10::IValue> inputs(const Known& k, const at::Tensor& image, const std::vector<int64_t>& ids) const;
   static std::vector<int64_t> row(const Batch& batch, const char* key);
+  static TokenLayout vision_attention_layout(const Known& k, int64_t gh, int64_t gw);
 
   Options opt_;
   mutable std::mutex mutex_;
@@ -383,6 +384,9 @@ TokenLayout VlmPlugin::token_layout(const std::string& layer, const at::Tensor& 
                                     int64_t) const {
   const Known& k = known();
   const auto ids = batch.inputs.at(0).toTensor();
+  const int64_t gh = batch.images.size(2) / k.geo.patch, gw = batch.images.size(3) / k.geo.patch;
+  if (tapped.dim() == 3 && tapped.size(1) == gh * gw && tapped.size(2) == gh * gw && tapped.size(1) != ids.size(1))
+    return vision_attention_layout(k, gh, gw);  // a vision block's attention, heads x P x P
   if (tapped.dim() != 3 || tapped.size(1) != ids.size(1)) return {};  // vision taps: to_grid()
   XCAM_CHECK(layer != fmt::format("model.layers.{}", k.layers - 1),
              "layer '{}' is the last decoder layer: its outputs at the image positions reach the answer's logits "
@@ -396,6 +400,15 @@ TokenLayout VlmPlugin::token_layout(const std::string& layer, const at::Tensor& 
   const int64_t m = k.geo.patch * k.geo.merge;
   lay.grid_h = batch.images.size(2) / m;
   lay.grid_w = batch.images.size(3) / m;
+  return lay;
+}
+
+// The patches of a vision block's attention, laid out on the patch grid.
+TokenLayout VlmPlugin::vision_attention_layout(const Known& k, int64_t gh, int64_t gw) {
+  TokenLayout lay;
+  lay.grid_h = gh;
+  lay.grid_w = gw;
+  lay.positions = vision_token_rows(gh, gw, k.geo);
   return lay;
 }
 

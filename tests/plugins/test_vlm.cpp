@@ -141,6 +141,24 @@ TEST(VlmInputs, EqualReferenceInputs) {
     const auto shuffled = rows.view({-1, 4, 2}).index_select(0, order).reshape({-1, 2});
     EXPECT_TRUE(at::equal(xcam::vlm::from_window_order(shuffled, order), rows));
   }
+  // A vision attention's rows on the patch grid: the inverse of the patch
+  // order (Qwen2-VL) and of the window order on top of it (Qwen2.5-VL).
+  for (const bool windows : {false, true}) {
+    auto gg = zoo_geometry();
+    if (windows) {
+      gg.window_size = inputs_ref().at("window_size");
+      gg.max_windows = inputs_ref().at("max_windows");
+    }
+    const int64_t gh = 12, gw = 20, P = gh * gw;
+    const auto rows = xcam::vlm::vision_token_rows(gh, gw, gg);
+    // Patch order: row t is patch t; the grid of patch indices, raster order.
+    const auto raster = xcam::vlm::patches_to_grid(at::arange(P, at::kFloat).view({P, 1}), gh, gw, 2).reshape({P});
+    auto seq = at::arange(P, at::kFloat);
+    if (windows) seq = seq.view({-1, 4}).index_select(0, xcam::vlm::window_inputs(gh, gw, gg)[0]).reshape({P});
+    ASSERT_EQ(static_cast<int64_t>(rows.size()), P);
+    for (int64_t cell = 0; cell < P; ++cell)
+      EXPECT_EQ(seq[rows[static_cast<size_t>(cell)]].item<float>(), raster[cell].item<float>()) << windows << " " << cell;
+  }
   auto few = zoo_geometry();
   few.window_size = inputs_ref().at("window_size");
   few.max_windows = 2;
@@ -282,6 +300,55 @@ TEST(Vlm, Qwen25WindowOrderMapsEqualEagerFloat64) {
       std::cout << s.at("id").get<std::string>() << " " << key << " " << low[l].height << "x" << low[l].width
                 << ": max |xcam - float64 eager| " << err << "\n";
     }
+  }
+}
+
+// Attention methods on the vision blocks' softmax (rows laid out by
+// vision_token_rows, the query the mean of every row: the encoder has no CLS
+// token): the attention at the last block, rollout and relevancy over the
+// four blocks put more of their energy in the counted circles' boxes than
+// the boxes' share of the image, on eight held-out scenes.
+TEST(Vlm, AttentionMethodsOnTheVisionBlocksLocalise) {
+  std::vector<nlohmann::json> lines;
+  {
+    std::ifstream in(src("zoo/data/vlm/manifest.jsonl"));
+    for (std::string l; std::getline(in, l) && lines.size() < 8;) {
+      auto j = nlohmann::json::parse(l);
+      if (j.at("count").get<int>() >= 3 && j.at("size")[0].get<int>() % 16 == 0 && j.at("size")[1].get<int>() % 16 == 0)
+        lines.push_back(j);
+    }
+  }
+  const std::vector<std::string> blocks{"visual.blocks.0.attn/softmax", "visual.blocks.1.attn/softmax",
+                                        "visual.blocks.2.attn/softmax", "visual.blocks.3.attn/softmax"};
+  for (const std::string method : {"attention", "rollout", "relevancy"}) {
+    auto o = options(method == "attention" ? std::vector<std::string>{blocks.back()} : blocks);
+    o.method = method;
+    o.attention.query = -1;
+    xcam::Explainer ex(o);
+    double energy = 0, area = 0;
+    for (const auto& line : lines) {
+      xcam::SampleInput in;
+      in.id = "s";
+      in.image = xcam::load_rgb(src("zoo/data/vlm/" + line.at("image").get<std::string>()));
+      in.text = line.at("question");
+      const auto m = ex.explain({in}).at(0);
+      const int H = in.image.rows, W = in.image.cols;
+      ASSERT_EQ(m.height, H);  // sides of the held-out scenes chosen: multiples of 16
+      std::vector<char> inside(static_cast<size_t>(H * W), 0);
+      for (const auto& b : line.at("boxes"))
+        for (int y = b[1].get<int>(); y < b[3].get<int>(); ++y)
+          for (int x = b[0].get<int>(); x < b[2].get<int>(); ++x) inside[size_t(y * W + x)] = 1;
+      double in_sum = 0, total = 0, n_in = 0;
+      for (size_t k = 0; k < inside.size(); ++k) {
+        total += m.map[k];
+        in_sum += inside[k] ? m.map[k] : 0;
+        n_in += inside[k];
+      }
+      energy += in_sum / total / double(lines.size());
+      area += n_in / double(inside.size()) / double(lines.size());
+    }
+    std::cout << method << ": energy in the circles' boxes " << energy << " (their area " << area << ")\n";
+    EXPECT_GT(energy, 2 * area) << method;
   }
 }
 

@@ -56,6 +56,24 @@ TEST_P(AttentionMethods, TokenScoresEqualFloat64) {
   o.head_fusion = "max";
   o.discard_ratio = 0.5;
   EXPECT_LT(rel_norm(methods::find("rollout").token_map(attn, {}, o), npy(kind() + "_rollout_max_d0.5.npy")), 1e-5);
+  // query -1: the mean of every query's row (encoders without a CLS token),
+  // against the same products written out here in float64.
+  xcam::AttentionOptions mean_rows;
+  mean_rows.query = -1;
+  const auto A0 = attn[0].to(torch::kFloat64).mean(1), A1 = attn[1].to(torch::kFloat64).mean(1);
+  const auto eye = torch::eye(A0.size(-1), torch::kFloat64).unsqueeze(0);
+  auto step = [&](const at::Tensor& a) {
+    const auto t = 0.5 * a + 0.5 * eye;
+    return t / t.sum(-1, true);
+  };
+  const auto roll = at::bmm(step(A1), step(A0)).mean(1);
+  auto cam = [&](size_t l) { return (grads[l].to(torch::kFloat64) * attn[l].to(torch::kFloat64)).clamp_min(0).mean(1); };
+  auto R = eye.expand_as(A0).clone();
+  R = R + at::bmm(cam(0), R);
+  R = R + at::bmm(cam(1), R);
+  EXPECT_LT(rel_norm(methods::find("attention").token_map({attn[1]}, {}, mean_rows), A1.mean(1)), 1e-6);
+  EXPECT_LT(rel_norm(methods::find("rollout").token_map(attn, {}, mean_rows), roll), 1e-6);
+  EXPECT_LT(rel_norm(methods::find("relevancy").token_map(attn, grads, mean_rows), R.mean(1)), 1e-6);
 }
 
 // Through the Explainer: the low-resolution map is the CLS row's patch

@@ -24,7 +24,7 @@ namespace xcam {
 struct AttentionOptions {
   int64_t patch_h = 0, patch_w = 0;  // 0: not set (attention methods then refuse to run)
   int64_t prefix = 1;                // tokens before the grid (CLS, distillation, prompts)
-  int64_t query = 0;                 // the token whose row of attention is the map (CLS: 0)
+  int64_t query = 0;                 // the token whose row of attention is the map (CLS: 0); -1: the rows' mean
   std::string head_fusion = "mean";  // mean | max | min
   double discard_ratio = 0;          // rollout: fraction of the lowest fused entries set to 0
 };
