@@ -17,6 +17,10 @@ embedding's norm at its last block for the first pair's query:
   OUT/timm_vit_small.pt          timm 0.6.13 vit_small_patch16 at 128 x 64, no head, scripted
   OUT/hf_vit.pt                  transformers' ViTModel (4 blocks, width 192), CLS embedding, traced
   OUT/timm_vit_small_cam.npy, OUT/hf_vit_cam.npy   8 x 4 each
+For these two and the zoo model, the per-head attention statistics of the
+first pair's query in float64 (docs/attention.md, "Images"; distances in
+pixels between patch centres, the CLS token as prefix, window 2):
+  OUT/attention_stats.json       {model file: {"layers": [taps], "heads": [[stats per head] per layer]}}
 
 usage: .venv-hf/bin/python zoo/reid_fixtures.py --out DIR   (zoo/setup_hf_venv.sh makes the venv)
 """
@@ -153,6 +157,65 @@ def foreign(out):
         torch.jit.trace(hf, q.float(), check_trace=False).save(os.path.join(out, "hf_vit.pt"))
     np.save(os.path.join(out, "hf_vit_cam.npy"),
             norm_cam(hf.double(), hf.vit.encoder.layer[3], q, 1, pick=lambda o: o[0]).astype(np.float32))
+    traced = torch.jit.load(os.path.join(HERE, "models", "reid_promptsg_traced.pt"))
+    zoo = reid_model.PromptSG(traced.state_dict()["classifier.weight"].shape[0])
+    zoo.load_state_dict(traced.state_dict(), strict=False)
+    zoo = zoo.double().eval()
+    with torch.no_grad():
+        zoo_attn = zoo.vit(pixel_values=q, interpolate_pos_encoding=True, output_attentions=True,
+                           return_dict=True).attentions
+        hf_attn = hf.vit(pixel_values=q, output_attentions=True)[-1]
+    attention_references(out, {
+        "reid_promptsg_traced.pt": ([f"vit.vision_model.encoder.layers.{i}.self_attn/softmax" for i in range(4)],
+                                    zoo_attn),
+        "timm_vit_small.pt": ([f"blocks.{i}.attn/softmax" for i in range(12)], timm_attentions(vit, q)),
+        "hf_vit.pt": ([f"vit.encoder.layer.{i}.attention.attention/softmax" for i in range(4)], hf_attn)})
+
+
+def head_stats(attn, prefix, patch, grid, window=2):
+    """Statistics of one layer's attention (heads x N x N, float64) with the
+    tokens after `prefix` on the grid, row-major, distances in pixels."""
+    heads, n, _ = attn.shape
+    k = np.arange(n) - prefix
+    on = k >= 0
+    cy = np.where(on, (k // grid[1] + 0.5) * patch, np.nan)
+    cx = np.where(on, (k % grid[1] + 0.5) * patch, np.nan)
+    img = np.nonzero(on)[0]
+    dy = np.abs(cy[img][:, None] - cy[img][None, :])
+    dx = np.abs(cx[img][:, None] - cx[img][None, :])
+    out = []
+    for p in attn:
+        rows = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(1)
+        sub = p[np.ix_(img, img)]
+        out.append({
+            "entropy": rows.mean(), "entropy_norm": (rows / np.log(n)).mean(),
+            "mean_distance": (sub * np.hypot(dy, dx)).sum(1).mean(),
+            "cls_share": p[:, :prefix].sum(1).mean(), "sep_share": 0.0,
+            "diagonal_share": np.diag(p).mean(),
+            "previous_share": np.diag(p, -1).mean(), "next_share": np.diag(p, 1).mean(),
+            "local_share": (sub * ((dy <= window * patch) & (dx <= window * patch))).sum(1).mean(),
+            "causal_share": np.tril(p).sum(1).mean()})
+    return [{key: float(v) for key, v in h.items()} for h in out]
+
+
+def attention_references(out, models):
+    """models: {file: (taps, per-layer attentions 1 x heads x N x N)}."""
+    refs = {}
+    for name, (taps, layers) in models.items():
+        refs[name] = {"layers": taps,
+                      "heads": [head_stats(a[0].detach().numpy(), 1, 16, GRID) for a in layers]}
+    with open(os.path.join(out, "attention_stats.json"), "w") as f:
+        json.dump(refs, f, indent=1)
+
+
+def timm_attentions(vit, x):
+    keep = []
+    hooks = [b.attn.attn_drop.register_forward_hook(lambda m, i, o: keep.append(i[0])) for b in vit.blocks]
+    with torch.no_grad():
+        vit(x)
+    for h in hooks:
+        h.remove()
+    return keep
 
 
 def main():

@@ -902,19 +902,43 @@ struct DoctorCommand {
 };
 
 // `xcam attention`: per-head statistics and pattern labels of the attention a
-// model returns, averaged over the texts (docs/attention.md).
+// model returns for texts, or that taps inside its attention modules read for
+// images; averaged over the texts or images (docs/attention.md).
 struct AttentionCommand {
   CLI::App* cmd = nullptr;
   xcam::AttentionRun a;
   int threads = 0;
+  std::vector<int64_t> size, patch;
+  std::vector<std::string> images;
+  std::string prompt;
 
   void add(CLI::App& app) {
-    cmd = app.add_subcommand("attention", "Per-head attention statistics and pattern labels (CSV, JSON, heat map)");
+    cmd = app.add_subcommand("attention", "Per-head attention statistics and pattern labels (CSV, JSON, heat map) "
+                                         "of texts or images");
     cmd->add_option("--model", a.model, "TorchScript model returning its attentions (output_attentions=True)")
         ->required();
     cmd->add_option("--tokenizer", a.tokenizer, "The model's Hugging Face tokenizer.json");
-    one_each(cmd->add_option("--text", a.texts, "A text to run (repeat for several; statistics are averaged)")
-                 ->required());
+    one_each(cmd->add_option("--text", a.texts, "A text to run (repeat for several; statistics are averaged)"));
+    one_each(cmd->add_option("--image", images,
+                             "Or an image (repeat for several): a vision model's attention, read at the --layer taps"));
+    cmd->add_option("--prompt", prompt, "Images: the text each image is given with (a VLM's question)");
+    one_each(cmd->add_option("--layer", a.explainer.layers,
+                             "Images: a tap of the softmax inside an attention module (blocks.*.attn/softmax; '*' "
+                             "stands for one path component; repeat for several)"));
+    cmd->add_option("--plugin", a.explainer.plugin, "Images: architecture plugin (name or .so path)")
+        ->capture_default_str();
+    cmd->add_option("--plugin-dir", a.explainer.plugin_dirs, "Directory searched for plugins before XCAM_PLUGIN_PATH");
+    cmd->add_option("--plugin-options", a.explainer.plugin_options, "Images: plugin options as a JSON object")
+        ->capture_default_str();
+    cmd->add_option("--size", size, "Images: input height and width (default: the plugin's)")
+        ->expected(2)
+        ->allow_extra_args(false);
+    cmd->add_option("--patch", patch, "Images: the patch size, P or PH PW (tokens after the prefix lie on the "
+                                      "H/PH x W/PW grid), for plugins that do not lay tokens out")
+        ->expected(1, 2);
+    cmd->add_option("--prefix-tokens", a.explainer.attention.prefix, "Images: tokens before the patch grid (CLS, ...)")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
     cmd->add_option("--out", a.out_dir, "Output directory (attention_stats.csv, .json, attention_STAT.png)")
         ->required();
     cmd->add_option("--window", a.window, "w of the local share: keys with |i - j| <= w")->capture_default_str();
@@ -939,6 +963,17 @@ struct AttentionCommand {
 
   int run() {
     xcam::set_threads(threads);
+    if (!size.empty()) {
+      XCAM_CHECK(size[0] > 0 && size[1] > 0, "--size needs a positive HEIGHT WIDTH, got {} {}", size[0], size[1]);
+      a.explainer.height = size[0];
+      a.explainer.width = size[1];
+    }
+    if (!patch.empty()) {
+      XCAM_CHECK(patch.front() > 0 && patch.back() > 0, "--patch must be positive, got {}", fmt::join(patch, " "));
+      a.explainer.attention.patch_h = patch.front();
+      a.explainer.attention.patch_w = patch.back();
+    }
+    for (const auto& path : images) a.images.push_back({path, prompt, {}});
     std::cout << xcam::run_attention(a);
     return 0;
   }

@@ -61,6 +61,10 @@ std::vector<HeadStats> layer_head_stats(const float* attn, int64_t heads, int64_
   for (const auto* v : {&facts.cls, &facts.sep, &facts.valid})
     XCAM_CHECK(v->empty() || v->size() == n_t, "token facts hold {} positions for a sequence of {}", v->size(), T);
   XCAM_CHECK(facts.window >= 0, "the local window must be >= 0, got {}", facts.window);
+  const bool pixels = !facts.centre.empty();
+  XCAM_CHECK(!pixels || (facts.centre.size() == n_t && facts.cell_h > 0 && facts.cell_w > 0),
+             "token facts hold {} patch centres (cell {} x {}) for a sequence of {}", facts.centre.size(),
+             facts.cell_h, facts.cell_w, T);
 
   std::vector<int64_t> pos;  // the valid positions
   for (int64_t k = 0; k < T; ++k)
@@ -75,6 +79,15 @@ std::vector<HeadStats> layer_head_stats(const float* attn, int64_t heads, int64_
   }
   const double n = static_cast<double>(pos.size());
   const double log_n = std::log(n);
+  // Images: distance and locality between patch centres, over the positions on the image.
+  auto on_image = [&](int64_t k) { return pixels && std::isfinite(facts.centre[static_cast<size_t>(k)][0]); };
+  std::vector<int64_t> image_pos;
+  for (const int64_t k : pos)
+    if (on_image(k)) image_pos.push_back(k);
+  XCAM_CHECK(!pixels || !image_pos.empty(), "attention statistics: none of the {} positions lies on the image", T);
+  const double n_image = static_cast<double>(image_pos.size());
+  const double reach_h = static_cast<double>(facts.window) * facts.cell_h + 1e-9,
+               reach_w = static_cast<double>(facts.window) * facts.cell_w + 1e-9;
 
   std::vector<HeadStats> out(static_cast<size_t>(heads));
   for (int64_t h = 0; h < heads; ++h) {
@@ -86,12 +99,23 @@ std::vector<HeadStats> layer_head_stats(const float* attn, int64_t heads, int64_
       for (const int64_t j : pos) {
         const double p = row[j];
         if (p > 0) ent -= p * std::log(p);
-        const int64_t d = std::abs(i - j);
-        dist += p * static_cast<double>(d);
         if (is_cls[static_cast<size_t>(j)]) cls += p;
         if (is_sep[static_cast<size_t>(j)]) sep += p;
-        if (d <= facts.window) local += p;
         if (j <= i) causal += p;
+        if (pixels) continue;
+        const int64_t d = std::abs(i - j);
+        dist += p * static_cast<double>(d);
+        if (d <= facts.window) local += p;
+      }
+      if (pixels && on_image(i)) {
+        const auto& ci = facts.centre[static_cast<size_t>(i)];
+        for (const int64_t j : image_pos) {
+          const double p = row[j];
+          const auto& cj = facts.centre[static_cast<size_t>(j)];
+          const double dy = std::abs(ci[0] - cj[0]), dx = std::abs(ci[1] - cj[1]);
+          dist += p * std::hypot(dy, dx);
+          if (dy <= reach_h && dx <= reach_w) local += p;
+        }
       }
       s.entropy += ent;
       s.entropy_norm += pos.size() > 1 ? ent / log_n : 0.0;
@@ -110,9 +134,9 @@ std::vector<HeadStats> layer_head_stats(const float* attn, int64_t heads, int64_
         ++next_rows;
       }
     }
-    for (double* v : {&s.entropy, &s.entropy_norm, &s.mean_distance, &s.cls_share, &s.sep_share, &s.diagonal_share,
-                      &s.local_share, &s.causal_share})
+    for (double* v : {&s.entropy, &s.entropy_norm, &s.cls_share, &s.sep_share, &s.diagonal_share, &s.causal_share})
       *v /= n;
+    for (double* v : {&s.mean_distance, &s.local_share}) *v /= pixels ? n_image : n;
     s.previous_share = prev_rows > 0 ? s.previous_share / static_cast<double>(prev_rows) : 0.0;
     s.next_share = next_rows > 0 ? s.next_share / static_cast<double>(next_rows) : 0.0;
   }
@@ -178,7 +202,9 @@ std::string attention_table_csv(const AttentionTable& table) {
 std::string attention_table_json(const AttentionTable& table) {
   nlohmann::ordered_json j;  // columns in the table's order
   j["window"] = table.window;
-  j["texts"] = table.texts;
+  j[table.samples] = table.texts;
+  j["distance"] = table.distance;
+  if (!table.layer_names.empty()) j["layers"] = table.layer_names;
   j["rules"] = {{"structured", table.rules.structured}, {"local", table.rules.local}, {"broad", table.rules.broad}};
   j["heads"] = nlohmann::ordered_json::array();
   each_head(table, [&](size_t l, size_t h, const HeadStats& s, const std::string& label) {
@@ -192,8 +218,11 @@ std::string attention_table_json(const AttentionTable& table) {
 }
 
 std::string attention_table_text(const AttentionTable& table) {
+  std::string out;
+  for (size_t l = 0; l < table.layer_names.size(); ++l) out += fmt::format("layer {}: {}\n", l, table.layer_names[l]);
+  if (table.distance != "tokens") out += fmt::format("mean_distance in {}\n", table.distance);
   // Short column names: the statistics without their "_share" suffix.
-  std::string out = fmt::format("{:>5} {:>4}", "layer", "head");
+  out += fmt::format("{:>5} {:>4}", "layer", "head");
   for (auto name : head_stat_names()) {
     const auto cut = name.find("_share");
     if (cut != std::string::npos) name.resize(cut);

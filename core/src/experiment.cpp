@@ -336,8 +336,12 @@ void load_attention(const Yaml& y, const YAML::Node& task, const std::string& ba
   y.only_keys(task, "task (attention)", {"name", "tokenizer", "window", "stat", "rules", "html", "views", "flow"});
   AttentionRun& a = c.attention.emplace();
   a.model = c.explainer.model;
-  if (!task["tokenizer"]) y.fail(task, "task attention needs 'tokenizer' (the model's tokenizer.json)");
-  a.tokenizer = resolve(base, y.as<std::string>(task["tokenizer"], "tokenizer", "a file path"));
+  // Texts (a manifest of "text" lines) need the tokenizer; images are read
+  // at the experiment's layers through its plugin.
+  const bool texts = std::any_of(c.samples.begin(), c.samples.end(),
+                                 [](const auto& sp) { return sp.image.empty() && !sp.text.empty(); });
+  if (texts && !task["tokenizer"]) y.fail(task, "task attention needs 'tokenizer' (the model's tokenizer.json)");
+  if (task["tokenizer"]) a.tokenizer = resolve(base, y.as<std::string>(task["tokenizer"], "tokenizer", "a file path"));
   if (task["window"]) a.window = y.as<int64_t>(task["window"], "window", "an integer >= 0");
   if (a.window < 0) y.fail(task["window"], "key 'window' must be an integer >= 0");
   if (task["stat"]) a.stat = y.as<std::string>(task["stat"], "stat", "a statistic's name");
@@ -357,6 +361,17 @@ void load_attention(const Yaml& y, const YAML::Node& task, const std::string& ba
     if (rules["local"]) a.rules.local = y.as<double>(rules["local"], "local", "a share in [0, 1]");
     if (rules["broad"]) a.rules.broad = y.as<double>(rules["broad"], "broad", "a share in [0, 1]");
   }
+  if (!texts) {
+    for (const auto& sp : c.samples.empty() ? samples_of(c.images) : c.samples) {
+      if (sp.image.empty()) y.fail(task, fmt::format("task attention reads images or texts, not both: sample '{}' "
+                                                     "has no image", sp.id));
+      a.images.push_back({sp.image, sp.text, sp.meta});
+    }
+    if (a.images.empty()) y.fail(task, "task attention has no input: give images, or a manifest of texts");
+    a.explainer = c.explainer;
+    for (const auto& set : c.layer_sets) a.explainer.layers.insert(a.explainer.layers.end(), set.begin(), set.end());
+    return;
+  }
   for (const auto& sp : c.samples) {
     if (sp.text.empty())
       y.fail(task, fmt::format("task attention reads texts: sample '{}' has no \"text\" (give a manifest of "
@@ -364,7 +379,6 @@ void load_attention(const Yaml& y, const YAML::Node& task, const std::string& ba
                                sp.id.empty() ? sp.image : sp.id));
     a.texts.push_back(sp.text);
   }
-  if (a.texts.empty()) y.fail(task, "task attention reads texts: give inputs.manifest with {\"text\": ...} lines");
 }
 
 // compare: `true`, an empty mapping, or sort_by, steps, chunk, grid.
@@ -550,12 +564,12 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& patterns,
 
 RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {
   RunSummary summary;
-  if (cfg.attention) {  // the host's attention analysis of the texts
+  if (cfg.attention) {  // the host's attention analysis of the texts or images
     set_threads(cfg.threads);
     AttentionRun a = *cfg.attention;
     a.out_dir = cfg.outputs.dir;
     std::cout << run_attention(a);
-    summary.done = static_cast<int>(a.texts.size());
+    summary.done = static_cast<int>(a.texts.size() + a.images.size());
     return summary;
   }
   std::map<std::string, std::vector<Box>> boxes;

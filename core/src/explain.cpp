@@ -136,6 +136,7 @@ void Explainer::Impl::init(ExplainerOptions options) {
       m.plugin_minor >= 3 ? m.plugin->model_aliases(m.model.module()) : m.plugin->layer_aliases();
   for (auto& l : m.layers)
     if (const auto it = aliases.find(l); it != aliases.end()) l = it->second;
+  m.layers = expand_tap_patterns(m.layers, m.model.module_paths());
   m.tapped = std::make_unique<TappedForward>(m.model, m.layers);
   m.check_taps_fit_method();
 }
@@ -322,6 +323,7 @@ Explainer::Impl::Pass Explainer::Impl::forward_pass(const views::ViewSet& set, c
              "sample '{}' is text only, and plugin '{}' lays out no words for layer '{}'; text samples need a "
              "plugin whose token_layout() (ABI 2.2) gives the word tokens",
              ids.at(0), opt.plugin, layers.at(0));
+  if (!resolve_targets) return p;  // attention_of: the taps are all it reads
 
   TargetRequest req;
   for (const auto& sample : p.batch.samples) req.per_sample.push_back(sample.requests);

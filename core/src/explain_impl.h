@@ -62,6 +62,9 @@ struct Explainer::Impl {
   std::unique_ptr<TappedForward> tapped;
   std::vector<LowRes> lowres;
   const methods::Method* method = nullptr;
+  // false while attention_of() runs: forward_pass() stops before the
+  // targets (the attention does not depend on them).
+  bool resolve_targets = true;
 
   // The model frozen and optimised for inference for the perturbed forwards
   // of Score-CAM and the faithfulness metrics: batch norm folded into the
@@ -140,6 +143,7 @@ struct Explainer::Impl {
                                          const std::vector<SampleInput>* inputs);
 
   void init(ExplainerOptions options);
+  AttentionCapture attention_of(const SampleInput& sample);
   // The inputs a plugin prepared fit the model's forward (as many as it
   // takes); else a SetupError naming both.
   void check_arity(const std::vector<c10::IValue>& inputs) const;

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "xcam/error.h"
+
 namespace xcam {
 
 std::vector<std::string> closest_names(const std::string& wanted, const std::vector<std::string>& candidates,
@@ -64,6 +66,51 @@ size_t invalid_utf8_at(const std::string& s) {
     i += len;
   }
   return std::string::npos;
+}
+
+}  // namespace xcam
+
+namespace xcam {
+
+namespace {
+
+std::vector<std::string> components(const std::string& path) {
+  std::vector<std::string> out;
+  size_t from = 0;
+  while (true) {
+    const size_t dot = path.find('.', from);
+    out.push_back(path.substr(from, dot - from));
+    if (dot == std::string::npos) return out;
+    from = dot + 1;
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> expand_tap_patterns(const std::vector<std::string>& taps,
+                                             const std::vector<std::string>& paths) {
+  std::vector<std::string> out;
+  for (const auto& tap : taps) {
+    const size_t end = tap.find_first_of("@[:/");
+    const std::string path = tap.substr(0, end), rest = end == std::string::npos ? "" : tap.substr(end);
+    if (path.find('*') == std::string::npos) {
+      out.push_back(tap);
+      continue;
+    }
+    const auto want = components(path);
+    size_t found = 0;
+    for (const auto& candidate : paths) {
+      const auto have = components(candidate);
+      bool fits = have.size() == want.size();
+      for (size_t k = 0; fits && k < want.size(); ++k) fits = want[k] == "*" || want[k] == have[k];
+      if (!fits) continue;
+      out.push_back(candidate + rest);
+      ++found;
+    }
+    XCAM_CHECK(found > 0, "layer pattern '{}' fits no module path ('*' stands for one whole component, as in "
+               "blocks.*.attn/softmax); `xcam layers MODEL` lists the paths", tap);
+  }
+  return out;
 }
 
 }  // namespace xcam

@@ -387,8 +387,10 @@ TokenLayout VlmPlugin::token_layout(const std::string& layer, const at::Tensor& 
   const int64_t gh = batch.images.size(2) / k.geo.patch, gw = batch.images.size(3) / k.geo.patch;
   if (tapped.dim() == 3 && tapped.size(1) == gh * gw && tapped.size(2) == gh * gw && tapped.size(1) != ids.size(1))
     return vision_attention_layout(k, gh, gw);  // a vision block's attention, heads x P x P
-  if (tapped.dim() != 3 || tapped.size(1) != ids.size(1)) return {};  // vision taps: to_grid()
-  XCAM_CHECK(layer != fmt::format("model.layers.{}", k.layers - 1),
+  // A decoder layer's attention (1 x heads x T x T) has the image tokens among its keys.
+  const bool decoder_attention = tapped.dim() == 4 && tapped.size(3) == ids.size(1);
+  if (!decoder_attention && (tapped.dim() != 3 || tapped.size(1) != ids.size(1))) return {};  // vision: to_grid()
+  XCAM_CHECK(decoder_attention || layer != fmt::format("model.layers.{}", k.layers - 1),
              "layer '{}' is the last decoder layer: its outputs at the image positions reach the answer's logits "
              "through no further attention, so their gradient there is exactly zero (SPEC section 6); tap a middle "
              "decoder layer (decoder_middle, decoder.{}) or a vision block (vision_last)",

@@ -352,6 +352,65 @@ TEST(Vlm, AttentionMethodsOnTheVisionBlocksLocalise) {
   }
 }
 
+// `xcam attention`'s capture through the plugin's layouts, on a scene whose
+// 12 x 20 patch grid the trace never saw: a vision block's patches lie where
+// Qwen2-VL orders them (2 x 2 merge blocks in raster order, raster within a
+// block: written out here, not the plugin's vision_token_rows), 8 pixels a
+// cell; a decoder layer's image tokens lie on the merged 6 x 10 grid, 16
+// pixels a cell, after the prompt's prefix, and the text after them is off
+// the image.
+TEST(Vlm, AttentionCaptureLaysTokensOutAsQwen2VlOrdersThem) {
+  auto o = options({"visual.blocks.*.attn/softmax", "model.layers.1.self_attn/softmax"});
+  o.method = "attention";
+  xcam::Explainer ex(o);
+  ASSERT_EQ(ex.layers().size(), 5u);
+  EXPECT_EQ(ex.layers()[3], "visual.blocks.3.attn/softmax");
+  xcam::SampleInput in;
+  in.id = "s";
+  in.image = xcam::load_rgb(src("zoo/data/vlm/images/test_00001.png"));  // 96 x 160
+  in.text = "how many red circles?";
+  const auto cap = ex.attention_of(in);
+  ASSERT_EQ(cap.height, 96);
+  ASSERT_EQ(cap.width, 160);
+  ASSERT_EQ(cap.layers.size(), 5u);
+  const int64_t gh = 12, gw = 20;
+  for (size_t l = 0; l < 4; ++l) {
+    const auto& v = cap.layers[l];
+    ASSERT_EQ(v.tokens, gh * gw);
+    EXPECT_EQ(v.grid_h, gh);
+    EXPECT_DOUBLE_EQ(v.cell_w, 8.0);
+    for (int64_t t = 0; t < gh * gw; ++t) {
+      const int64_t block = t / 4, within = t % 4;
+      const int64_t r = 2 * (block / (gw / 2)) + within / 2, c = 2 * (block % (gw / 2)) + within % 2;
+      ASSERT_DOUBLE_EQ(v.centre[size_t(t)][0], (r + 0.5) * 8) << t;
+      ASSERT_DOUBLE_EQ(v.centre[size_t(t)][1], (c + 0.5) * 8) << t;
+    }
+    // Post-softmax: every row sums to 1.
+    for (int64_t row = 0; row < v.heads * v.tokens; row += 37) {
+      double sum = 0;
+      for (int64_t k = 0; k < v.tokens; ++k) sum += v.attention[size_t(row * v.tokens + k)];
+      EXPECT_NEAR(sum, 1.0, 1e-4);
+    }
+  }
+  const auto& d = cap.layers[4];
+  EXPECT_EQ(d.grid_h, 6);
+  EXPECT_EQ(d.grid_w, 10);
+  size_t first = 0;
+  while (first < d.centre.size() && std::isnan(d.centre[first][0])) ++first;
+  const auto prompt = tokenizer().encode(
+      tokenizer().chat_prompt({{"user", {xcam::ChatPart::of_image(60), xcam::ChatPart::of_text("how many red circles?")}}},
+                              true),
+      false);
+  size_t pad = 0;
+  while (prompt.tokens.at(pad) != "<|image_pad|>") ++pad;
+  EXPECT_EQ(first, pad);  // the prompt's tokens before the image are off it
+  for (int64_t k = 0; k < 60; ++k) {
+    ASSERT_DOUBLE_EQ(d.centre[first + size_t(k)][0], (k / 10 + 0.5) * 16) << k;
+    ASSERT_DOUBLE_EQ(d.centre[first + size_t(k)][1], (k % 10 + 0.5) * 16) << k;
+  }
+  EXPECT_TRUE(std::isnan(d.centre[first + 60][0]));  // the question's text after the image
+}
+
 // The same weights exported in bfloat16 run on the CPU: the answers equal
 // the eager bfloat16 model's, the log-probability its own, and the maps (a
 // bfloat16 forward and backward, the map maths in float32) equal the eager

@@ -21,6 +21,7 @@
 #include "xcam/attention_stats.h"
 #include "xcam/attention_views.h"
 #include "xcam/render.h"
+#include "xcam/strings.h"
 #include "xcam/error.h"
 
 using xcam::test::expect_one_line_error;
@@ -269,6 +270,58 @@ TEST(AttentionLabels, ExactValuesOfSimplePatterns) {
   h.entropy_norm = 0.5;
   EXPECT_EQ(xcam::head_label(h), "global");
   EXPECT_EQ(xcam::head_label(h, {0.4, 0.5, 0.8}), "previous-token");
+}
+
+// Image tokens: a CLS token, then a 2 x 3 grid of 16 x 8 pixel cells. Each
+// grid token attends to its right-hand neighbour (the row's last to the
+// CLS token); distances in pixels between centres, locality in cells.
+TEST(AttentionStats, PixelDistancesOnTheGrid) {
+  const int64_t T = 7;
+  xcam::TokenFacts f;
+  f.window = 1;
+  f.cell_h = 16;
+  f.cell_w = 8;
+  const double nan = std::nan("");
+  f.centre.push_back({nan, nan});
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 3; ++c) f.centre.push_back({(r + 0.5) * 16, (c + 0.5) * 8});
+  f.cls = {true, false, false, false, false, false, false};
+  const auto right = pattern(T, [](int64_t i) {
+    if (i == 0) return std::vector<int64_t>{4};                    // CLS: to cell (1, 0)
+    return std::vector<int64_t>{(i - 1) % 3 == 2 ? 0 : i + 1};     // the next cell in the row, or CLS
+  });
+  const auto s = xcam::layer_head_stats(right.data(), 1, T, f)[0];
+  // Four of the six grid rows move 8 pixels; the two row ends go to CLS (no distance, not local).
+  EXPECT_DOUBLE_EQ(s.mean_distance, 4 * 8.0 / 6);
+  EXPECT_DOUBLE_EQ(s.local_share, 4.0 / 6);
+  EXPECT_DOUBLE_EQ(s.cls_share, 2.0 / 7);
+  // Two cells away is not local with w = 1, and is with w = 2.
+  const auto two = pattern(T, [](int64_t i) { return std::vector<int64_t>{i >= 1 && (i - 1) % 3 == 0 ? i + 2 : i}; });
+  EXPECT_DOUBLE_EQ(xcam::layer_head_stats(two.data(), 1, T, f)[0].local_share, 4.0 / 6);
+  EXPECT_DOUBLE_EQ(xcam::layer_head_stats(two.data(), 1, T, f)[0].mean_distance, 2 * 16.0 / 6);
+  f.window = 2;
+  EXPECT_DOUBLE_EQ(xcam::layer_head_stats(two.data(), 1, T, f)[0].local_share, 1.0);
+  // A diagonal step: hypot(16, 8).
+  const auto diag = pattern(T, [](int64_t i) { return std::vector<int64_t>{i == 1 ? 5 : i}; });
+  EXPECT_NEAR(xcam::layer_head_stats(diag.data(), 1, T, f)[0].mean_distance, std::hypot(16.0, 8.0) / 6, 1e-12);
+  f.centre.pop_back();
+  EXPECT_THROW(xcam::layer_head_stats(right.data(), 1, T, f), xcam::Error);
+}
+
+TEST(TapPatterns, StarStandsForOneComponent) {
+  const std::vector<std::string> paths{"blocks", "blocks.0", "blocks.0.attn", "blocks.1", "blocks.1.attn",
+                                       "blocks.1.attn.proj", "head"};
+  EXPECT_EQ(xcam::expand_tap_patterns({"blocks.*.attn/softmax", "head"}, paths),
+            (std::vector<std::string>{"blocks.0.attn/softmax", "blocks.1.attn/softmax", "head"}));
+  EXPECT_EQ(xcam::expand_tap_patterns({"blocks.*@0[1]"}, paths),
+            (std::vector<std::string>{"blocks.0@0[1]", "blocks.1@0[1]"}));
+  EXPECT_EQ(xcam::expand_tap_patterns({"*.*.attn.*"}, paths), (std::vector<std::string>{"blocks.1.attn.proj"}));
+  try {
+    xcam::expand_tap_patterns({"layers.*.attn/softmax"}, paths);
+    FAIL();
+  } catch (const xcam::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'layers.*.attn/softmax' fits no module path"), std::string::npos);
+  }
 }
 
 TEST(AttentionTable, CsvJsonAndHeatmap) {

@@ -4,6 +4,7 @@
 // [heads, T, T], row i = query i, column j = key j, as the model returns it.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -17,6 +18,14 @@ struct TokenFacts {
   std::vector<bool> sep;    // separator positions ([SEP])
   std::vector<bool> valid;  // false: padding, excluded as query row and as key column
   int64_t window = 2;       // w of the local share
+  // Image tokens: each position's patch centre (y, x) in model-input pixels,
+  // NaN for a position off the image (CLS and other prefix tokens, text);
+  // empty for text. Then mean_distance is in pixels, and it and local_share
+  // are taken over the query rows on the image and the keys on the image:
+  // local = within w cells in both directions (|dy| <= w cell_h, |dx| <= w
+  // cell_w, cell_* a grid cell's size in pixels).
+  std::vector<std::array<double, 2>> centre;
+  double cell_h = 0, cell_w = 0;
 };
 
 // The statistics of one head. V = the valid positions, n = |V|, p = the
@@ -25,7 +34,7 @@ struct TokenFacts {
 struct HeadStats {
   double entropy = 0;             // mean_i -sum_j p_ij ln p_ij   (nats; 0 ln 0 = 0)
   double entropy_norm = 0;        // mean_i of that row's entropy / ln n (0 when n = 1); 1 = uniform over V
-  double mean_distance = 0;       // mean_i sum_j p_ij |i - j|    (in token positions)
+  double mean_distance = 0;       // mean_i sum_j p_ij |i - j|    (in token positions; images: pixels, TokenFacts)
   double cls_share = 0;           // mean_i sum_{j in CLS} p_ij   (CLS: TokenFacts::cls, else the first valid position)
   double sep_share = 0;           // mean_i sum_{j in SEP} p_ij
   double diagonal_share = 0;      // mean_i p_ii
@@ -72,6 +81,9 @@ struct AttentionTable {
   LabelRules rules;
   int64_t window = 2;
   int64_t texts = 0;
+  std::string distance = "tokens";  // mean_distance's unit: tokens, or pixels (of the model input) for images
+  std::string samples = "texts";    // what `texts` counts: texts or images
+  std::vector<std::string> layer_names;  // the taps read, per row (images); empty: the model's layers in order
 };
 // Labels every row of `table` by its rules (has_cls as head_label).
 void label_table(AttentionTable& table, bool has_cls = true);

@@ -162,6 +162,25 @@ class TaskRun {
   virtual size_t crop(size_t i, const std::array<int64_t, 4>& box, const std::string& id) = 0;
 };
 
+// One sample's post-softmax self-attention at each of the Explainer's layers
+// (taps of the softmax inside attention modules, or of an attention module's
+// weights: what method "attention" reads) and where each token lies on the
+// model input: the plugin's token layout where it gives one, else the patch
+// grid of ExplainerOptions::attention after its prefix tokens
+// (`xcam attention` on images; docs/attention.md).
+struct AttentionCapture {
+  struct Layer {
+    std::string name;                           // the tap
+    int64_t heads = 0, tokens = 0;
+    std::vector<float> attention;               // heads x tokens x tokens, C order: [head][query][key]
+    std::vector<std::array<double, 2>> centre;  // per token: its cell's centre (y, x) in input pixels; NaN: off the image
+    int64_t grid_h = 0, grid_w = 0;             // 0 x 0: no token lies on the image
+    double cell_h = 0, cell_w = 0;              // a grid cell's size in input pixels
+  };
+  int64_t height = 0, width = 0;  // the model input
+  std::vector<Layer> layers;
+};
+
 class Explainer {
  public:
   // Loads the model and plugin, resolves the layers. Throws xcam::Error with a
@@ -223,6 +242,12 @@ class Explainer {
   // a JSON object with its "name". Throws xcam::Error when the plugin (ABI
   // below 2.2) has no tasks or refuses this one.
   void run_task(const std::string& task_json, TaskRun& run);
+
+  // The attention of one sample (an image, with its other images, text and
+  // metadata) at options().layers: one forward, no gradients. Throws
+  // xcam::Error for a tap that is not square attention (heads x N x N; a
+  // cross-attention is Q x N) or tokens that fit no grid.
+  AttentionCapture attention_of(const SampleInput& sample);
 
   // The model's plain forward on the batch (no taps, no autograd): the
   // baseline `xcam bench` compares against.

@@ -19,4 +19,12 @@ std::string csv_field(const std::string& s);
 // (overlong forms and surrogates included), or std::string::npos.
 size_t invalid_utf8_at(const std::string& s);
 
+// Taps with '*' in their module path (`blocks.*.attn/softmax`: a '*' stands
+// for one whole path component) replaced by every module path in `paths`
+// that fits, in `paths`' order, the rest of the tap (`/softmax`, `[1]`, `@0`,
+// `:in`) kept; other taps as they are. Throws xcam::Error for a pattern that
+// fits no path.
+std::vector<std::string> expand_tap_patterns(const std::vector<std::string>& taps,
+                                             const std::vector<std::string>& paths);
+
 }  // namespace xcam
