@@ -24,6 +24,7 @@
 #include "xcam/render.h"
 #include "xcam/runtime_info.h"
 #include "xcam/tokenizer.h"
+#include "xcam/version.h"
 
 namespace fs = std::filesystem;
 
@@ -984,7 +985,7 @@ struct AttentionCommand {
 int main(int argc, char** argv) {
   CLI::App app{"xcam: class-activation maps for TorchScript models"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "xcam 0.1.0");
+  app.set_version_flag("--version", std::string("xcam ") + xcam::version());
   ExplainCommand explain;
   RunCommand run;
   CompareCommand compare;

@@ -58,6 +58,16 @@ std::string executable_dir() {
   return ec ? std::string() : exe.parent_path().string();
 }
 
+// The folder of the file this code was loaded from: libxcam.so's for a
+// program that links the installed library, else the executable's.
+std::string library_dir() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<const void*>(&library_dir), &info) == 0 || info.dli_fname == nullptr) return {};
+  std::error_code ec;
+  const auto file = fs::canonical(info.dli_fname, ec);
+  return ec ? std::string() : file.parent_path().string();
+}
+
 }  // namespace
 
 const XcamHost* plugin_host() { return &kHost; }
@@ -246,6 +256,10 @@ std::vector<std::string> plugin_search_path(const std::vector<std::string>& expl
     // build tree: build/core/xcam -> build/plugins/<arch>/, tests in build/tests/...
     for (const char* rel : {"../plugins", "../../plugins", "../lib/xcam/plugins"}) path.push_back(exe + "/" + rel);
   }
+  // An installed libxcam.so (<prefix>/lib/libxcam.so, or a multiarch lib/<triplet>/) finds <prefix>/lib/xcam/plugins.
+  const std::string lib = library_dir();
+  if (!lib.empty() && lib != exe)
+    for (const char* rel : {"xcam/plugins", "../xcam/plugins"}) path.push_back(lib + "/" + rel);
   return path;
 }
 

@@ -62,7 +62,8 @@ struct PluginReport {
 // Where plugins are looked for, first match wins: directories given
 // explicitly (--plugin-dir, YAML `plugin_dirs`), then XCAM_PLUGIN_PATH
 // (colon-separated), then the build tree's plugins/ next to the executable,
-// then <prefix>/lib/xcam/plugins.
+// then <prefix>/lib/xcam/plugins of the executable and, in a program that
+// links the installed libxcam.so, of the library.
 std::vector<std::string> plugin_search_path(const std::vector<std::string>& explicit_dirs);
 
 // Every libxcam_plugin_*.so on the search path, each probed (opened and
