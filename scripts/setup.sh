@@ -24,6 +24,9 @@ PACKAGES=(
   # The reference BLAS stays installed beside it: benchmarks/blas_compare.sh
   # and the slow-BLAS warning test run against it.
   libblas3
+  # Sharded runs through Slurm (tests/slurm/slurm_test.sh starts a private
+  # single-node Slurm); dpkg-dev: cpack's dependency list (dpkg-shlibdeps).
+  slurmctld slurmd slurm-client munge bc dpkg-dev
 )
 
 missing=()

@@ -259,7 +259,7 @@ struct ExplainCommand {
 
 struct RunCommand {
   CLI::App* cmd = nullptr;
-  std::string config;
+  std::string config, shard;
   int io_threads = 2;
   xcam::RunOptions run_opt;
 
@@ -270,18 +270,105 @@ struct RunCommand {
     cmd->add_option("--io-threads", io_threads,
                     "Threads that read images ahead and write outputs while the next batch computes (0: none; "
                     "default: the YAML's io_threads, else 2)");
+    cmd->add_option("--shard", shard,
+                    "Run shard I of N (I/N, 0 <= I < N): the samples at positions k with k % N == I, in "
+                    "OUTPUTS/shards/I-of-N/, resumable on its own; `xcam merge` joins the shards (docs/scaling.md)");
   }
 
   int run() {
     auto cfg = xcam::load_experiment(config);
     if (cmd->count("--io-threads") > 0) cfg.io_threads = io_threads;
+    const auto part = shard.empty() ? xcam::Shard{} : xcam::parse_shard(shard);
     std::cout << fmt::format("experiment '{}': {} samples, methods {}, {} layer set(s), outputs in {}\n", cfg.name,
                              cfg.samples.empty() ? cfg.images.size() : cfg.samples.size(), fmt::join(cfg.methods, ", "), cfg.layer_sets.size(),
-                             cfg.outputs.dir);
-    const auto summary = xcam::run_experiment(cfg, run_opt);
+                             shard.empty() ? cfg.outputs.dir : xcam::shard_dir(cfg, part));
+    const auto summary = shard.empty() ? xcam::run_experiment(cfg, run_opt) : xcam::run_shard(cfg, part, run_opt);
     xcam::print_summary(summary, !cfg.compare);
     if (cfg.compare) print_comparison(summary, cfg.compare->sort_by, cfg.outputs.dir);
     return summary.failed > 0 ? 1 : 0;
+  }
+};
+
+// `xcam merge`: a sharded run's shards joined into what one run writes.
+struct MergeCommand {
+  CLI::App* cmd = nullptr;
+  std::string config;
+  int shards = 0;
+
+  void add(CLI::App& app) {
+    cmd = app.add_subcommand("merge", "Join the shards of a sharded run (xcam run CONFIG --shard I/N) into one run's "
+                                      "outputs, records and summary");
+    cmd->add_option("config", config, "Experiment YAML")->required();
+    cmd->add_option("--shards", shards, "N, the number of shards it was split into")->required();
+  }
+
+  int run() {
+    const auto cfg = xcam::load_experiment(config);
+    const auto summary = xcam::merge_shards(cfg, shards);
+    std::cout << fmt::format("merged {} shards of experiment '{}' into {}: {} records\n", shards, cfg.name,
+                             cfg.outputs.dir, summary.records.size());
+    xcam::print_summary(summary, true);
+    return summary.failed > 0 ? 1 : 0;
+  }
+};
+
+// `xcam slurm`: a sharded run as a Slurm array job and a dependent merge job.
+struct SlurmCommand {
+  CLI::App* cmd = nullptr;
+  std::string config;
+  int shards = 0;
+  bool dry_run = false;
+  xcam::SlurmOptions so;
+
+  void add(CLI::App& app) {
+    cmd = app.add_subcommand("slurm", "Submit a sharded run to Slurm: an array job of N shards (xcam run --shard "
+                                      "I/N) and the merge job after it (docs/scaling.md)");
+    cmd->add_option("config", config, "Experiment YAML")->required();
+    cmd->add_option("--shards", shards, "N, the number of shards (array tasks)")->required()->check(CLI::PositiveNumber);
+    cmd->add_flag("--dry-run", dry_run, "Write and print the job scripts and the sbatch commands; submit nothing");
+    cmd->add_option("--partition", so.partition, "#SBATCH --partition");
+    cmd->add_option("--time", so.time, "#SBATCH --time (a shard's limit)");
+    cmd->add_option("--mem", so.mem, "#SBATCH --mem (per shard)");
+    cmd->add_option("--cpus-per-task", so.cpus, "#SBATCH --cpus-per-task")->capture_default_str()->check(
+        CLI::PositiveNumber);
+  }
+
+  // `command`'s standard output; throws with its output when it fails.
+  static std::string run_capture(const std::string& command) {
+    std::string out;
+    FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+    XCAM_CHECK(p != nullptr, "cannot run '{}'", command);
+    char buf[512];
+    while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
+    const int status = ::pclose(p);
+    XCAM_CHECK(status == 0, "'{}' failed: {}", command, out.empty() ? "(no output)" : out);
+    return out;
+  }
+
+  int run() {
+    const auto cfg = xcam::load_experiment(config);
+    so.xcam = fs::canonical("/proc/self/exe").string();
+    so.config = fs::absolute(config).string();
+    so.workdir = fs::current_path().string();
+    const auto scripts = xcam::slurm_scripts(cfg, shards, so);
+    fs::create_directories(scripts.dir);
+    const auto shards_file = (fs::path(scripts.dir) / "shards.sbatch").string();
+    const auto merge_file = (fs::path(scripts.dir) / "merge.sbatch").string();
+    xcam::write_file_atomic(shards_file, scripts.shards);
+    xcam::write_file_atomic(merge_file, scripts.merge);
+    if (dry_run) {
+      std::cout << "# " << shards_file << "\n" << scripts.shards << "\n# " << merge_file << "\n" << scripts.merge
+                << "\n# submit:\njob=$(sbatch --parsable " << shards_file << ")\n"
+                << "sbatch --dependency=afterok:${job%%;*} " << merge_file << "\n";
+      return 0;
+    }
+    const auto id = [](std::string s) { return s.substr(0, s.find_first_of(";\n")); };
+    const auto job = id(run_capture("sbatch --parsable '" + shards_file + "'"));
+    const auto merge_job = id(run_capture("sbatch --parsable --dependency=afterok:" + job + " '" + merge_file + "'"));
+    std::cout << fmt::format("submitted the {} shards of '{}' as array job {} and the merge as job {}; logs and "
+                             "scripts in {}\n",
+                             shards, cfg.name, job, merge_job, scripts.dir);
+    return 0;
   }
 };
 
@@ -994,6 +1081,8 @@ int main(int argc, char** argv) {
   BenchCommand bench;
   DoctorCommand doctor;
   AttentionCommand attention;
+  MergeCommand merge;
+  SlurmCommand slurm;
   explain.add(app);
   run.add(app);
   compare.add(app);
@@ -1002,6 +1091,8 @@ int main(int argc, char** argv) {
   bench.add(app);
   doctor.add(app);
   attention.add(app);
+  merge.add(app);
+  slurm.add(app);
 
   CLI11_PARSE(app, argc, argv);
   if (*explain.cmd || *run.cmd || *compare.cmd || *bench.cmd) warn_if_slow_blas();
@@ -1015,6 +1106,8 @@ int main(int argc, char** argv) {
     if (*doctor.cmd) return doctor.run();
     if (*bench.cmd) return bench.run();
     if (*attention.cmd) return attention.run();
+    if (*merge.cmd) return merge.run();
+    if (*slurm.cmd) return slurm.run();
   } catch (const xcam::Error& e) {
     std::cerr << "xcam: error: " << e.what() << "\n";
     return 1;

@@ -104,12 +104,6 @@ ItemRecord from_json(const json& j) {
   return r;
 }
 
-void add_pointing(RunSummary& s, const ItemRecord& r) {
-  if (!r.pointing_hit) return;
-  auto& [maps, centre] = s.pointing[r.method + " " + r.layers];
-  maps.add(r.target, *r.pointing_hit);
-  centre.add(r.target, r.centre_hit.value_or(false));
-}
 
 // What makes a row of results.json: one map of one input, method, layers and rank.
 std::string row_key(const json& j) {
@@ -118,6 +112,26 @@ std::string row_key(const json& j) {
 }
 
 }  // namespace
+
+void add_pointing(RunSummary& s, const ItemRecord& r) {
+  if (!r.pointing_hit) return;
+  auto& [maps, centre] = s.pointing[r.method + " " + r.layers];
+  maps.add(r.target, *r.pointing_hit);
+  centre.add(r.target, r.centre_hit.value_or(false));
+}
+
+std::vector<ItemRecord> read_results(const std::string& dir) {
+  const fs::path file = fs::path(dir) / "results.json";
+  std::ifstream in(file);
+  XCAM_CHECK(in.good(), "{} does not exist or cannot be read", file.string());
+  std::vector<ItemRecord> out;
+  try {
+    for (const auto& row : json::parse(in)) out.push_back(from_json(row));
+  } catch (const json::exception& e) {
+    XCAM_THROW("{} is not a results file xcam wrote ({})", file.string(), e.what());
+  }
+  return out;
+}
 
 void write_results(const std::string& dir, const std::vector<ItemRecord>& records) {
   // Rows of earlier runs on this folder (another method, other inputs) stay;
@@ -163,7 +177,8 @@ void write_results(const std::string& dir, const std::vector<ItemRecord>& record
 void write_summary(const std::string& dir, const RunSummary& s, int threads, int io_threads) {
   const json j{{"done", s.done},         {"resumed", s.skipped},   {"failed", s.failed},
                {"maps", s.maps},         {"seconds", s.seconds},   {"maps_per_second", s.maps_per_second()},
-               {"threads", threads},     {"io_threads", io_threads}, {"metrics", s.metrics}};
+               {"threads", threads},     {"io_threads", io_threads}, {"metrics", s.metrics},
+               {"failures", s.failures}};
   write_file_atomic((fs::path(dir) / "summary.json").string(), json_text(j, 2) + "\n");
 }
 
@@ -741,8 +756,13 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
   for (const auto& sp : samples) images.push_back(sp.image);
   const auto ids = sample_ids(samples);
 
-  // Resume: items finished with the same digest are taken as they are.
-  std::vector<Item> pending;
+  // Resume: items finished with the same digest are taken as they are, a
+  // batch at a time: a batch (batch_size items in order, as a fresh run
+  // makes them) with any item unfinished is explained again whole, so that
+  // every map is computed in the batch a fresh run computes it in (the same
+  // numbers bit for bit: a shard's or an interrupted run's outputs equal an
+  // uninterrupted run's).
+  std::vector<std::pair<Item, std::optional<std::vector<ItemRecord>>>> kept;
   for (size_t i = 0; i < samples.size(); ++i) {
     Item item;
     item.path = images[i];
@@ -755,18 +775,27 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
       continue;
     }
     item.digest = digest_of(fingerprint + sample_stamp(samples[i], item.requests));
-    const auto done = opt.force ? std::nullopt : finished_item(w.item_dir / (item.id + ".json"), item.digest, out);
-    if (!done) {
-      pending.push_back(std::move(item));
-      continue;
+    auto done = opt.force ? std::nullopt : finished_item(w.item_dir / (item.id + ".json"), item.digest, out);
+    kept.emplace_back(std::move(item), std::move(done));
+  }
+  const auto step = static_cast<size_t>(batch_size);
+  std::vector<Item> pending;
+  for (size_t start = 0; start < kept.size(); start += step) {
+    const size_t end = std::min(kept.size(), start + step);
+    const bool whole = std::all_of(kept.begin() + start, kept.begin() + end, [](const auto& k) { return k.second; });
+    for (size_t i = start; i < end; ++i) {
+      if (!whole) {
+        pending.push_back(std::move(kept[i].first));
+        continue;
+      }
+      for (const auto& r : *kept[i].second) {
+        add_pointing(summary, r);
+        records.push_back(r);
+      }
+      ++summary.skipped;
+      ++w.finished;
+      ++w.resumed;
     }
-    for (const auto& r : *done) {
-      add_pointing(summary, r);
-      records.push_back(r);
-    }
-    ++summary.skipped;
-    ++w.finished;
-    ++w.resumed;
   }
   w.progress();
 
@@ -779,7 +808,6 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
     w.pool = &*pool;
     w.max_in_flight = 2 * static_cast<size_t>(batch_size);
   }
-  const auto step = static_cast<size_t>(batch_size);
   auto load = [&pending, step](size_t start) {
     Loaded l;
     for (size_t i = start; i < std::min(pending.size(), start + step); ++i) {

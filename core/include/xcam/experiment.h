@@ -5,6 +5,7 @@
 #include <array>
 #include <map>
 #include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -178,6 +179,55 @@ void write_summary(const std::string& dir, const RunSummary& s, int threads, int
 
 // results.json and results.csv in `dir`: one row per record (map).
 void write_results(const std::string& dir, const std::vector<ItemRecord>& records);
+// The records of `dir`'s results.json. Throws xcam::Error naming a missing
+// or unreadable file.
+std::vector<ItemRecord> read_results(const std::string& dir);
+// Counts record `r` in the summary's pointing game (maps with a pointing
+// result only).
+void add_pointing(RunSummary& s, const ItemRecord& r);
+
+// Sharded runs (docs/scaling.md). The run's batches (batch_size samples in
+// list order, as a whole run makes them) are dealt out in `count` runs of
+// consecutive batches, as even as whole batches allow: shard `index` (0 <=
+// index < count) explains the same batches as the whole run, so its maps
+// are the whole run's bit for bit, under the ids the whole run gives the
+// samples. It writes to <outputs.dir>/shards/<index>-of-<count>/ and
+// resumes there on its own.
+struct Shard {
+  int index = 0, count = 1;
+};
+// The positions [first, last) of shard `shard` among `samples` samples in
+// batches of `batch`.
+std::pair<size_t, size_t> shard_range(size_t samples, size_t batch, const Shard& shard);
+// Parses "I/N". Throws xcam::Error for anything else or I outside [0, N).
+Shard parse_shard(const std::string& text);
+std::string shard_dir(const ExperimentConfig& cfg, const Shard& shard);
+// Runs one shard of `cfg` (plain runs only: a task, a comparison or an
+// attention analysis is refused: their figures need every sample at once).
+RunSummary run_shard(const ExperimentConfig& cfg, const Shard& shard, const RunOptions& opt);
+// Joins the `count` shards of `cfg` into what one run writes: their outputs
+// moved into outputs.dir (same relative paths, per-item records included,
+// so a whole run there resumes them), results.json/.csv with every record
+// in the whole run's order, summary.json summed, the pointing game over
+// every map; shards.json with each shard's counts and speed. Throws
+// xcam::Error naming a shard that is missing or has not finished.
+RunSummary merge_shards(const ExperimentConfig& cfg, int count);
+
+// Slurm job scripts for a sharded run (`xcam slurm`, docs/scaling.md): an
+// array job of `count` tasks, task I running `xcam run CONFIG --shard
+// I/count`, and a merge job to be submitted with --dependency=afterok on it.
+struct SlurmOptions {
+  std::string xcam;          // the xcam executable (absolute)
+  std::string config;        // the experiment YAML (absolute)
+  std::string workdir;       // where the jobs run (the config's relative paths)
+  std::string partition, time, mem;  // #SBATCH --partition, --time, --mem; empty: the cluster's defaults
+  int cpus = 2;              // #SBATCH --cpus-per-task (and the shard's intra-op threads come from the YAML)
+};
+struct SlurmScripts {
+  std::string dir;           // <outputs.dir>/slurm: the scripts and the jobs' logs
+  std::string shards, merge; // the two sbatch scripts' text
+};
+SlurmScripts slurm_scripts(const ExperimentConfig& cfg, int count, const SlurmOptions& opt);
 
 // Prints the summary (counts, pointing game with the centre baseline unless
 // `pointing` is false, failures) to stdout.
