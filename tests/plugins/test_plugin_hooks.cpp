@@ -153,7 +153,8 @@ TEST(Decode, RepeatedWordsGetTheirOwnFilesAndRecords) {
 
 // A JSON Lines manifest: a sample with a second named image, a prompt, its
 // own targets and metadata reaches prepare() whole; ids name the outputs;
-// changing the second image recomputes the sample on a re-run.
+// changing the second image recomputes the sample on a re-run (one sample a
+// batch: a resumed batch is redone whole).
 TEST(Manifest, SamplesReachThePluginWhole) {
   xcam::test::TempDir tmp("manifest");
   const auto img = [](int i) { return xcam::test::source("zoo/data/shapes/val_00" + std::to_string(i) + ".png"); };
@@ -164,7 +165,7 @@ TEST(Manifest, SamplesReachThePluginWhole) {
                                  << "\n{\"image\": \"" << img(2) << "\", \"id\": \"second\"}\n";
   const std::string cmd = xcam::test::xcam_cmd() + "explain --plugin " + plugin("classifier21") + " --model " +
                           xcam::test::source("zoo/models/shapes_cnn_traced.pt") + " --layer last --manifest " +
-                          (tmp / "m.jsonl") + " --out " + (tmp / "o");
+                          (tmp / "m.jsonl") + " --batch 1 --out " + (tmp / "o");
   const auto r = xcam::test::run_command(cmd);
   ASSERT_EQ(r.status, 0) << r.output;
   std::ifstream in(tmp / "o/results.json");
