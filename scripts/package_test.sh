@@ -4,7 +4,7 @@
 # binaries by dpkg-shlibdeps, resolved from Debian's archive as on a fresh
 # machine of this kind), `xcam explain` run from /usr/bin on the zoo's shapes
 # CNN with the installed cnn plugin and its map compared with the build
-# tree's; the package is removed afterwards. Needs root (CI runs it).
+# tree's; the package is purged afterwards. Needs root (CI runs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh >/dev/null
@@ -13,13 +13,13 @@ build=$root/build/${XCAM_PRESET:-cpu-release}
 (cd "$build" && rm -f xcam_*.deb && cpack -G DEB >/dev/null)
 deb=$(ls "$build"/xcam_*.deb)
 echo "package: $(basename "$deb") ($(du -h "$deb" | cut -f1)); Depends: $(dpkg-deb -f "$deb" Depends)"
-if dpkg -s xcam >/dev/null 2>&1; then
+if dpkg-query -W -f='${Status}' xcam 2>/dev/null | grep -q "install ok installed"; then
   echo "package_test: a package 'xcam' is installed already; remove it first (apt-get remove xcam)" >&2
   exit 1
 fi
 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$deb" >/dev/null
 work=$(mktemp -d)
-trap 'DEBIAN_FRONTEND=noninteractive apt-get remove -y xcam >/dev/null; rm -rf "$work"' EXIT
+trap 'DEBIAN_FRONTEND=noninteractive apt-get purge -y xcam >/dev/null; rm -rf "$work"' EXIT
 cp zoo/models/shapes_cnn_scripted.pt zoo/data/shapes/val_003.png "$work/"
 cd "$work"
 args=(explain --model shapes_cnn_scripted.pt --size 128 128 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225
