@@ -738,6 +738,37 @@ void check_outputs(const OutputOptions& out) {
              out.dir);
 }
 
+// The items to explain, of `kept` (each with its finished records, if any)
+// cut into batches of `step` as a fresh run makes them: a batch whose items
+// are all finished is taken as it is (its records counted as resumed); a
+// batch with any item unfinished is explained again whole, so that every
+// map is computed in the batch a fresh run computes it in (the same numbers
+// bit for bit: a shard's or an interrupted run's outputs equal an
+// uninterrupted run's).
+std::vector<Item> take_finished_batches(std::vector<std::pair<Item, std::optional<std::vector<ItemRecord>>>>& kept,
+                                        size_t step, Writer& w, std::vector<ItemRecord>& records,
+                                        RunSummary& summary) {
+  std::vector<Item> pending;
+  for (size_t start = 0; start < kept.size(); start += step) {
+    const size_t end = std::min(kept.size(), start + step);
+    const bool whole = std::all_of(kept.begin() + start, kept.begin() + end, [](const auto& k) { return k.second; });
+    for (size_t i = start; i < end; ++i) {
+      if (!whole) {
+        pending.push_back(std::move(kept[i].first));
+        continue;
+      }
+      for (const auto& r : *kept[i].second) {
+        add_pointing(summary, r);
+        records.push_back(r);
+      }
+      ++summary.skipped;
+      ++w.finished;
+      ++w.resumed;
+    }
+  }
+  return pending;
+}
+
 }  // namespace
 
 void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, int batch_size,
@@ -757,11 +788,7 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
   const auto ids = sample_ids(samples);
 
   // Resume: items finished with the same digest are taken as they are, a
-  // batch at a time: a batch (batch_size items in order, as a fresh run
-  // makes them) with any item unfinished is explained again whole, so that
-  // every map is computed in the batch a fresh run computes it in (the same
-  // numbers bit for bit: a shard's or an interrupted run's outputs equal an
-  // uninterrupted run's).
+  // batch at a time (take_finished_batches).
   std::vector<std::pair<Item, std::optional<std::vector<ItemRecord>>>> kept;
   for (size_t i = 0; i < samples.size(); ++i) {
     Item item;
@@ -779,24 +806,7 @@ void explain_and_write(Explainer& ex, const std::vector<SampleSpec>& samples, in
     kept.emplace_back(std::move(item), std::move(done));
   }
   const auto step = static_cast<size_t>(batch_size);
-  std::vector<Item> pending;
-  for (size_t start = 0; start < kept.size(); start += step) {
-    const size_t end = std::min(kept.size(), start + step);
-    const bool whole = std::all_of(kept.begin() + start, kept.begin() + end, [](const auto& k) { return k.second; });
-    for (size_t i = start; i < end; ++i) {
-      if (!whole) {
-        pending.push_back(std::move(kept[i].first));
-        continue;
-      }
-      for (const auto& r : *kept[i].second) {
-        add_pointing(summary, r);
-        records.push_back(r);
-      }
-      ++summary.skipped;
-      ++w.finished;
-      ++w.resumed;
-    }
-  }
+  std::vector<Item> pending = take_finished_batches(kept, step, w, records, summary);
   w.progress();
 
   // The pipeline: with io_threads, the next batch's images are read and the
