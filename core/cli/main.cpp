@@ -271,7 +271,7 @@ struct RunCommand {
                     "Threads that read images ahead and write outputs while the next batch computes (0: none; "
                     "default: the YAML's io_threads, else 2)");
     cmd->add_option("--shard", shard,
-                    "Run shard I of N (I/N, 0 <= I < N): the samples at positions k with k % N == I, in "
+                    "Run shard I of N (I/N, 0 <= I < N): the I-th of N runs of whole batches of the samples, in "
                     "OUTPUTS/shards/I-of-N/, resumable on its own; `xcam merge` joins the shards (docs/scaling.md)");
   }
 

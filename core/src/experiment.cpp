@@ -416,6 +416,15 @@ void load_compare(const Yaml& y, const YAML::Node& cmp, ExperimentConfig& c) {
                 "grid: false");
 }
 
+// The task JSON that one method and layer set runs: a merge's shard folders
+// (`merge`, from xcam merge) made that run's folders within them.
+std::string task_for(const std::string& task, const std::string& label, const std::string& layers) {
+  auto j = json::parse(task);
+  if (!j.is_object() || !j.contains("merge")) return task;
+  for (auto& d : j["merge"]) d = (fs::path(d.get<std::string>()) / label / safe_name(layers)).string();
+  return j.dump();
+}
+
 }  // namespace
 
 ExperimentConfig load_experiment(const std::string& path) {
@@ -594,7 +603,7 @@ RunSummary run_experiment(const ExperimentConfig& cfg, const RunOptions& opt) {
       std::vector<ItemRecord> part;
       const auto samples = cfg.samples.empty() ? samples_of(cfg.images) : cfg.samples;
       if (!cfg.task.empty())
-        run_task_and_write(ex, cfg.task, samples, cfg.targets, out, part, summary,
+        run_task_and_write(ex, task_for(cfg.task, label, layers), samples, cfg.targets, out, part, summary,
                            cfg.file.empty() ? "." : fs::path(cfg.file).parent_path().string());
       else
         explain_and_write(ex, samples, cfg.batch_size, cfg.targets, cfg.boxes.empty() ? nullptr : &boxes, out, part,

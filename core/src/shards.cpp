@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "xcam/error.h"
 #include "xcam/experiment.h"
@@ -36,14 +37,18 @@ nlohmann::json read_summary(const fs::path& dir) {
 }
 
 // Moves every file under `from` into `to` at the same relative path (a file
-// there already is replaced), but the shard's own results and summary.
-void move_outputs(const fs::path& from, const fs::path& to) {
-  for (const auto& e : fs::recursive_directory_iterator(from)) {
-    if (!e.is_regular_file()) continue;
-    const auto rel = fs::relative(e.path(), from);
-    if (rel == "results.json" || rel == "results.csv" || rel == "summary.json") continue;
+// there already is replaced), but the shard's own results and summary and
+// files named in `keep` (a task's parts, which the merge has read).
+void move_outputs(const fs::path& from, const fs::path& to, const std::set<std::string>& keep = {}) {
+  std::vector<fs::path> files;
+  for (const auto& e : fs::recursive_directory_iterator(from))
+    if (e.is_regular_file()) files.push_back(e.path());
+  for (const auto& f : files) {
+    const auto rel = fs::relative(f, from);
+    if (rel == "results.json" || rel == "results.csv" || rel == "summary.json" || keep.count(f.filename().string()))
+      continue;
     fs::create_directories((to / rel).parent_path());
-    fs::rename(e.path(), to / rel);
+    fs::rename(f, to / rel);
   }
 }
 
@@ -74,14 +79,21 @@ std::string shard_dir(const ExperimentConfig& cfg, const Shard& shard) {
 }
 
 RunSummary run_shard(const ExperimentConfig& cfg, const Shard& shard, const RunOptions& opt) {
-  const char* whole = cfg.attention      ? "an attention analysis"
-                      : !cfg.task.empty() ? "a task"
-                      : cfg.compare       ? "a comparison"
-                                          : nullptr;
+  const char* whole = cfg.attention ? "an attention analysis" : cfg.compare ? "a comparison" : nullptr;
   XCAM_CHECK(whole == nullptr,
              "experiment '{}' is {}: its figures need every sample at once, so it does not split into shards; run "
-             "it whole, or shard a plain run (no task, compare or attention)",
+             "it whole, or shard a plain run or a task that splits (re-ID evaluate and search, VLM count)",
              cfg.name, whole);
+  if (!cfg.task.empty()) {
+    // The task splits its own work (the plugin's task reads `shard`); its
+    // samples stay whole, so that every shard sees the same inputs.
+    ExperimentConfig part = cfg;
+    auto task = nlohmann::json::parse(cfg.task);
+    task["shard"] = {{"index", shard.index}, {"count", shard.count}};
+    part.task = task.dump();
+    part.outputs.dir = shard_dir(cfg, shard);
+    return run_experiment(part, opt);
+  }
   ExperimentConfig part = cfg;
   part.samples.clear();
   part.images.clear();
@@ -97,22 +109,72 @@ RunSummary run_shard(const ExperimentConfig& cfg, const Shard& shard, const RunO
   return run_experiment(part, opt);
 }
 
+namespace {
+
+// The summary of shard I of N, which must have finished.
+nlohmann::json finished_shard(const ExperimentConfig& cfg, int i, int count) {
+  const fs::path dir = shard_dir(cfg, {i, count});
+  XCAM_CHECK(fs::exists(dir / "summary.json"),
+             "shard {}/{} of experiment '{}' has not finished ({} has no summary.json): run `xcam run {} --shard "
+             "{}/{}` (it resumes), then merge again",
+             i, count, cfg.name, dir.string(), cfg.file, i, count);
+  return read_summary(dir);
+}
+
+// A task's shards joined: the task run once more over the whole input, with
+// `merge` naming the shards' folders; it reads their parts (re-ID: the
+// embeddings; VLM counting: the samples' counts) instead of computing them,
+// and writes what one run writes. The maps the shards wrote (counting's
+// per-sample maps) join the merged folder, their records before the merge's own.
+RunSummary merge_task_shards(const ExperimentConfig& cfg, int count) {
+  auto task = nlohmann::json::parse(cfg.task);
+  task["merge"] = nlohmann::json::array();
+  nlohmann::json shards = nlohmann::json::array();
+  std::vector<nlohmann::json> summaries;
+  for (int i = 0; i < count; ++i) {
+    const fs::path dir = shard_dir(cfg, {i, count});
+    summaries.push_back(finished_shard(cfg, i, count));
+    task["merge"].push_back(fs::absolute(dir).string());
+    shards.push_back({{"shard", fmt::format("{}/{}", i, count)},
+                      {"maps", summaries.back().value("maps", 0)},
+                      {"seconds", summaries.back().value("seconds", 0.0)}});
+  }
+  ExperimentConfig whole = cfg;
+  whole.task = task.dump();
+  auto merged = run_experiment(whole, RunOptions{});
+  std::vector<ItemRecord> records;
+  for (int i = 0; i < count; ++i) {
+    const fs::path dir = shard_dir(cfg, {i, count});
+    for (auto& r : read_results(dir.string())) records.push_back(std::move(r));
+    move_outputs(dir, cfg.outputs.dir, {"task.json", "count_part.json", "embeddings.json", "embeddings.f64"});
+    merged.done += summaries[static_cast<size_t>(i)].value("done", 0);
+    merged.maps += summaries[static_cast<size_t>(i)].value("maps", size_t{0});
+  }
+  if (!records.empty()) {
+    for (auto& r : merged.records) records.push_back(std::move(r));
+    merged.records = std::move(records);
+    write_results(cfg.outputs.dir, merged.records);
+    write_summary(cfg.outputs.dir, merged, cfg.threads, cfg.io_threads);
+  }
+  write_file_atomic((fs::path(cfg.outputs.dir) / "shards.json").string(), json_text(shards, 2) + "\n");
+  return merged;
+}
+
+}  // namespace
+
 RunSummary merge_shards(const ExperimentConfig& cfg, int count) {
   XCAM_CHECK(count >= 1, "a merge needs the shard count N >= 1, got {}", count);
   const auto samples = all_samples(cfg);
   std::map<std::string, size_t> position;  // sample id -> its place in the whole run
   for (size_t k = 0; k < samples.size(); ++k) position[samples[k].id] = k;
+  if (!cfg.task.empty()) return merge_task_shards(cfg, count);
   RunSummary merged;
   nlohmann::json shards = nlohmann::json::array();
   std::vector<std::string> groups;  // "method\nlayers" in the order the runs made them
   std::vector<ItemRecord> records;
   for (int i = 0; i < count; ++i) {
     const fs::path dir = shard_dir(cfg, {i, count});
-    XCAM_CHECK(fs::exists(dir / "summary.json"),
-               "shard {}/{} of experiment '{}' has not finished ({} has no summary.json): run `xcam run {} --shard "
-               "{}/{}` (it resumes), then merge again",
-               i, count, cfg.name, dir.string(), cfg.file, i, count);
-    const auto summary = read_summary(dir);
+    const auto summary = finished_shard(cfg, i, count);
     for (auto& r : read_results(dir.string())) {
       const std::string group = r.method + "\n" + r.layers;
       if (std::find(groups.begin(), groups.end(), group) == groups.end()) groups.push_back(group);

@@ -1035,8 +1035,11 @@ void run_task_and_write(Explainer& ex, const std::string& task_json, const std::
     metrics[k] = v;
     summary.metrics[k] = v;
   }
+  // The task as configured: a merge's shard folders are the run's business.
+  auto task = json::parse(task_json);
+  if (task.is_object()) task.erase("merge");
   write_file_atomic((fs::path(out.dir) / "task.json").string(),
-                    json_text(json{{"task", json::parse(task_json)}, {"metrics", metrics}}, 2) + "\n");
+                    json_text(json{{"task", task}, {"metrics", metrics}}, 2) + "\n");
 }
 
 }  // namespace xcam

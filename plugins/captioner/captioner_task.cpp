@@ -9,6 +9,7 @@
 //             game where boxes are known.
 #include <nlohmann/json.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <fstream>
@@ -55,6 +56,10 @@ Task parse_task(const std::string& task_json) {
                    "captioner task keywords: keyword {} must be one word", w.dump());
         t.keywords.push_back(w.get<std::string>());
       }
+    } else if (key == "shard" || key == "merge") {
+      XCAM_THROW("captioner task {} does not split into shards (its BLEU-4 and grounding figures are computed over "
+                 "every caption at once): run it whole, without --shard",
+                 t.name);
     } else {
       XCAM_THROW("captioner task {} has no key '{}'; it takes batch, show{}", t.name, key,
                  t.name == "captions" ? ", words" : ", keywords");

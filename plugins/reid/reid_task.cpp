@@ -8,8 +8,11 @@
 #include <nlohmann/json.hpp>
 #include <fmt/format.h>
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <numeric>
 
 #include "reid.h"
@@ -51,6 +54,10 @@ struct Task {
   int64_t batch = 64;
   std::string distance = "euclidean";
   int64_t show = 10, top_k = 5, max_rank = 50;
+  // Set by the host for sharded runs (docs/scaling.md): shard I of N embeds
+  // only its part of the images; the merge reads every shard's part.
+  int64_t shard = -1, shards = 0;
+  std::vector<std::string> merge;  // the shards' task folders
 };
 
 Task parse_task(const std::string& task_json) {
@@ -83,8 +90,18 @@ Task parse_task(const std::string& task_json) {
       t.top_k = count(1);
     } else if (key == "max_rank") {
       t.max_rank = count(1);
+    } else if (key == "shard") {
+      XCAM_CHECK(v.is_object() && v.value("index", -1) >= 0 && v.value("index", -1) < v.value("count", 0),
+                 "task {}: shard={} must be {{\"index\": I, \"count\": N}} with 0 <= I < N", t.name, v.dump());
+      t.shard = v["index"].get<int64_t>();
+      t.shards = v["count"].get<int64_t>();
+    } else if (key == "merge") {
+      XCAM_CHECK(v.is_array() && !v.empty(), "task {}: merge={} must be the list of the shards' folders", t.name,
+                 v.dump());
+      for (const auto& d : v) t.merge.push_back(d.get<std::string>());
     } else {
-      XCAM_THROW("task {} has no key '{}'; it takes query, gallery, batch, distance, show, top_k, max_rank", t.name,
+      XCAM_THROW("task {} has no key '{}'; it takes query, gallery, batch, distance, show, top_k, max_rank (and "
+                 "shard, merge from `xcam run --shard`, `xcam merge`)", t.name,
                  key);
     }
   }
@@ -103,6 +120,70 @@ at::Tensor embed(TaskHost& host, const std::vector<size_t>& which, int64_t batch
     const auto out = host.forward(chunk, &b);
     parts.push_back(ReidPlugin::embeddings(out, b).to(at::kCPU, at::kDouble));
   }
+  return at::cat(parts);
+}
+
+// A shard's part of the embeddings, in its task folder: embeddings.f64 (raw
+// float64, row-major) and embeddings.json (written last: the part is whole).
+void write_part(TaskHost& host, const std::vector<size_t>& which, size_t begin, const at::Tensor& x, double ms,
+                const Task& task) {
+  namespace fs = std::filesystem;
+  const auto c = x.contiguous();
+  const fs::path dir = host.output_dir(), tmp = dir / "embeddings.f64.tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(c.data_ptr<double>()), static_cast<std::streamsize>(c.numel() * 8));
+    XCAM_CHECK(f.good(), "task {}: cannot write {}", task.name, tmp.string());
+  }
+  fs::rename(tmp, dir / "embeddings.f64");
+  nlohmann::json ids = nlohmann::json::array();
+  for (size_t i : which) ids.push_back(host.id(i));
+  host.write_json("embeddings", nlohmann::json{{"shard", {{"index", task.shard}, {"count", task.shards}}},
+                                               {"begin", begin},
+                                               {"rows", c.size(0)},
+                                               {"dim", c.size(1)},
+                                               {"embedding_ms", ms},
+                                               {"ids", ids}}
+                                        .dump(1));
+}
+
+// The shards' parts joined: the embeddings of `all` in order, and the sum of
+// the shards' embedding times. Each part must hold the ids this run gives
+// its rows (the same query and gallery inputs).
+at::Tensor read_parts(const TaskHost& host, const std::vector<size_t>& all, const Task& task, double& ms) {
+  namespace fs = std::filesystem;
+  std::vector<at::Tensor> parts;
+  size_t next = 0;
+  ms = 0;
+  for (const auto& d : task.merge) {
+    const fs::path meta = fs::path(d) / "embeddings.json", raw = fs::path(d) / "embeddings.f64";
+    std::ifstream m(meta);
+    XCAM_CHECK(m.good() && fs::exists(raw),
+               "task {}: shard folder {} has no embeddings (embeddings.json, embeddings.f64): run that shard (it "
+               "resumes), then merge again",
+               task.name, d);
+    const auto j = nlohmann::json::parse(m);
+    const auto rows = j.at("rows").get<int64_t>(), dim = j.at("dim").get<int64_t>();
+    const auto& ids = j.at("ids");
+    XCAM_CHECK(j.at("begin").get<size_t>() == next && next + static_cast<size_t>(rows) <= all.size() &&
+                   ids.size() == static_cast<size_t>(rows),
+               "task {}: the shards' parts do not follow each other: {} starts at row {}, expected {}", task.name,
+               meta.string(), j.at("begin").dump(), next);
+    for (int64_t r = 0; r < rows; ++r)
+      XCAM_CHECK(ids[static_cast<size_t>(r)].get<std::string>() == host.id(all[next + static_cast<size_t>(r)]),
+                 "task {}: {} row {} is '{}', this run's is '{}': the shards ran other inputs; run them again",
+                 task.name, meta.string(), r, ids[static_cast<size_t>(r)].get<std::string>(),
+                 host.id(all[next + static_cast<size_t>(r)]));
+    XCAM_CHECK(fs::file_size(raw) == static_cast<uintmax_t>(rows * dim * 8), "task {}: {} has {} bytes, not {} x {} doubles",
+               task.name, raw.string(), fs::file_size(raw), rows, dim);
+    auto x = at::empty({rows, dim}, at::kDouble);
+    std::ifstream f(raw, std::ios::binary);
+    f.read(reinterpret_cast<char*>(x.data_ptr<double>()), static_cast<std::streamsize>(rows * dim * 8));
+    if (rows > 0) parts.push_back(x);  // a shard with no whole batch of its own holds none
+    ms += j.value("embedding_ms", 0.0);
+    next += static_cast<size_t>(rows);
+  }
+  XCAM_CHECK(next == all.size(), "task {}: the shards' parts hold {} of the {} images", task.name, next, all.size());
   return at::cat(parts);
 }
 
@@ -180,14 +261,30 @@ void ReidPlugin::run_task(TaskHost& host, const std::string& task_json) const {
   // Queries and gallery in one sequence of full batches: fewer distinct
   // batch shapes for the TorchScript executor to specialise on.
   const auto t0 = std::chrono::steady_clock::now();
+  auto since = [&t0] { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); };
   std::vector<size_t> all = queries;
   all.insert(all.end(), gallery.begin(), gallery.end());
-  const auto embedded = embed(host, all, task.batch);
+  if (task.shard >= 0) {
+    // Shard I of N: the I-th of N runs of whole batches, so that each batch
+    // holds what it holds in a single run (the same embeddings, bit for bit).
+    const size_t b = static_cast<size_t>(task.batch), batches = (all.size() + b - 1) / b;
+    const size_t i = static_cast<size_t>(task.shard), n = static_cast<size_t>(task.shards);
+    const size_t begin = std::min(all.size(), i * batches / n * b), end = std::min(all.size(), (i + 1) * batches / n * b);
+    const std::vector<size_t> mine(all.begin() + static_cast<std::ptrdiff_t>(begin),
+                                   all.begin() + static_cast<std::ptrdiff_t>(end));
+    const auto part = mine.empty() ? at::empty({0, 0}, at::kDouble) : embed(host, mine, task.batch);
+    write_part(host, mine, begin, part, since(), task);
+    host.add_metric("embedded_images", static_cast<double>(mine.size()));
+    return;
+  }
+  double ms = 0;
+  const auto embedded = task.merge.empty() ? embed(host, all, task.batch) : read_parts(host, all, task, ms);
+  if (task.merge.empty()) ms = since();
   const auto q = embedded.narrow(0, 0, static_cast<int64_t>(nq)), g = embedded.narrow(0, static_cast<int64_t>(nq),
                                                                                      static_cast<int64_t>(ng));
-  // For `xcam bench --e2e`: the embedding forwards' time against plain ones.
-  host.add_metric("embedding_ms",
-                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  // For `xcam bench --e2e`: the embedding forwards' time against plain ones
+  // (a merge: the shards' times summed).
+  host.add_metric("embedding_ms", ms);
   host.add_metric("embedded_images", static_cast<double>(nq + ng));
   host.add_metric("embedding_batch", static_cast<double>(task.batch));
   at::Tensor dist;

@@ -18,12 +18,18 @@
 // coverage (the share of counted objects whose box holds a map value >=
 // `hotspot`) and the map energy outside the objects' boxes beside the area
 // outside them; the worst counting errors get a panel.
+// Sharded (docs/scaling.md): shard I of N counts the I-th of N runs of the
+// samples, writes their maps and their lines (count_part.json); the merge
+// joins the lines, computes the figures over every sample and explains the
+// worst samples again for their panels: what one run writes.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <limits>
 #include <optional>
@@ -47,6 +53,10 @@ struct CountTask {
   std::vector<Frac> boxes;
   double hotspot = 0.5;
   int64_t worst = 5;
+  // Set by the host for sharded runs (docs/scaling.md): shard I of N counts
+  // its run of the samples; the merge reads the shards' parts.
+  int64_t shard = -1, shards = 0;
+  std::vector<std::string> merge;  // the shards' task folders
 };
 
 Frac fraction_box(const nlohmann::json& v, const std::string& what) {
@@ -95,8 +105,19 @@ CountTask parse_count(const nlohmann::json& j) {
       XCAM_CHECK(value.is_number_integer() && value.get<int64_t>() >= 0,
                  "vlm task count: worst={} must be an integer >= 0 (samples with a panel)", value.dump());
       t.worst = value.get<int64_t>();
+    } else if (key == "shard") {
+      XCAM_CHECK(value.is_object() && value.value("index", -1) >= 0 && value.value("index", -1) < value.value("count", 0),
+                 "vlm task count: shard={} must be {{\"index\": I, \"count\": N}} with 0 <= I < N", value.dump());
+      t.shard = value["index"].get<int64_t>();
+      t.shards = value["count"].get<int64_t>();
+    } else if (key == "merge") {
+      XCAM_CHECK(value.is_array() && !value.empty() && std::all_of(value.begin(), value.end(), [](auto& d) { return d.is_string(); }),
+                 "vlm task count: merge={} must be the list of the shards' folders", value.dump());
+      for (const auto& d : value) t.merge.push_back(d.get<std::string>());
     } else {
-      XCAM_THROW("vlm task count has no key '{}'; it takes strategies, crop, grid, boxes, hotspot, worst", key);
+      XCAM_THROW("vlm task count has no key '{}'; it takes strategies, crop, grid, boxes, hotspot, worst (and shard, "
+                 "merge from `xcam run --shard`, `xcam merge`)",
+                 key);
     }
   }
   if (t.strategies.empty()) {
@@ -293,143 +314,147 @@ MapResult strategy_map(const SampleRun& s, const Outcome& o, const Localisation*
   return m;
 }
 
-}  // namespace
-
-void run_count_task(TaskHost& host, const std::string& task_json, bool answer_given) {
-  const CountTask task = parse_count(nlohmann::json::parse(task_json));
-  XCAM_CHECK(!answer_given,
-             "vlm task count: the plugin option `answer` is set; counting needs the model's own answers on every "
-             "crop: remove it");
-  const size_t n = host.size();
-  XCAM_CHECK(n > 0, "vlm task count: the run has no inputs");
-  std::map<std::string, Tally> tally;
-  std::vector<SampleRun> runs;
-  nlohmann::json per_sample = nlohmann::json::array();
-  for (size_t i = 0; i < n; ++i) {
-    SampleRun s;
-    s.index = i;
-    s.id = host.id(i);
-    const Sample sample = host.sample(i);
-    s.truth = truth_of(sample);
-    XCAM_CHECK(!sample.meta.count("answer"),
-               "vlm task count: sample '{}' gives an \"answer\"; counting needs the model's own answers on every "
-               "crop: remove the key",
-               s.id);
-    const auto hw = host.image_size(i);
-    s.H = hw[0];
-    s.W = hw[1];
-    // Every region any strategy needs, explained once.
-    auto region = [&](const Pix& box) -> const Region& {
-      auto it = s.regions.find(box);
-      if (it != s.regions.end()) return it->second;
-      Region r;
-      r.box = box;
-      try {
-        const bool whole = box == Pix{0, 0, s.W, s.H};
-        const size_t k =
-            whole ? i : host.crop(i, box, fmt::format("{}@{}_{}_{}_{}", s.id, box[0], box[1], box[2], box[3]));
-        const auto maps = host.explain({k});
-        XCAM_CHECK(!maps.empty(), "no map");
-        r.map = maps.front();
-        const auto c = r.map.meta.find("answer_count");
-        if (c != r.map.meta.end()) r.count = std::stoll(c->second);
-        else r.error = fmt::format("the answer '{}' is not a number", r.map.meta["answer"]);
-      } catch (const std::exception& e) {
-        r.error = e.what();
-      }
-      return s.regions.emplace(box, std::move(r)).first->second;
-    };
-    const Region& global = region({0, 0, s.W, s.H});
-    s.global = &global;
-    const int64_t h = global.map.height, w = global.map.width;  // 0: the whole image failed
-    for (const auto& name : task.strategies) {
-      Outcome o;
-      o.strategy = name;
-      o.region = {0, 0, s.W, s.H};
-      std::vector<Frac> parts;
-      if (name == "global") parts = {{0, 0, 1, 1}};
-      else if (name == "crop") parts = {task.crop};
-      else if (name == "dense") parts = tiles(task.rows, task.cols);
-      else if (name == "hybrid") parts = tiles(2, 2);
-      else parts = task.boxes;
-      for (const auto& f : parts) o.parts.push_back(&region(to_pixels(f, s.H, s.W)));
-      if (name == "crop") o.region = o.parts.front()->box;
-      // The truth: the image's count where the parts tile it, else the
-      // objects whose centres lie in a part.
-      const bool tiling = name == "global" || name == "dense" || name == "hybrid";
-      if (tiling) {
-        o.truth = s.truth.count;
-        o.objects = s.truth.boxes;
-      } else if (s.truth.has_boxes) {
-        for (const auto& b : s.truth.boxes)
-          if (std::any_of(o.parts.begin(), o.parts.end(), [&](const Region* r) { return centre_in(b, r->box); }))
-            o.objects.push_back(b);
-        o.truth = static_cast<int64_t>(o.objects.size());
-      }
-      int64_t sum = 0;
-      for (const Region* r : o.parts) {
-        if (!r->count) {
-          o.error = fmt::format("crop [{}, {}, {}, {}]: {}", r->box[0], r->box[1], r->box[2], r->box[3], r->error);
-          break;
-        }
-        sum += *r->count;
-      }
-      if (o.error.empty() && h > 0) {
-        o.count = sum;
-        o.map = name == "global" ? map_tensor(global.map) : paste(o.parts, h, w, s.H, s.W);
-        if (name == "hybrid") o.map = normalised(0.5f * (map_tensor(global.map) + o.map));
-      }
-      s.outcomes.push_back(std::move(o));
+// Sample i explained under every strategy of the task: every region any
+// strategy needs explained once, each strategy's count and map.
+SampleRun explain_sample(TaskHost& host, size_t i, const CountTask& task) {
+  SampleRun s;
+  s.index = i;
+  s.id = host.id(i);
+  const Sample sample = host.sample(i);
+  s.truth = truth_of(sample);
+  XCAM_CHECK(!sample.meta.count("answer"),
+             "vlm task count: sample '{}' gives an \"answer\"; counting needs the model's own answers on every "
+             "crop: remove the key",
+             s.id);
+  const auto hw = host.image_size(i);
+  s.H = hw[0];
+  s.W = hw[1];
+  auto region = [&](const Pix& box) -> const Region& {
+    auto it = s.regions.find(box);
+    if (it != s.regions.end()) return it->second;
+    Region r;
+    r.box = box;
+    try {
+      const bool whole = box == Pix{0, 0, s.W, s.H};
+      const size_t k =
+          whole ? i : host.crop(i, box, fmt::format("{}@{}_{}_{}_{}", s.id, box[0], box[1], box[2], box[3]));
+      const auto maps = host.explain({k});
+      XCAM_CHECK(!maps.empty(), "no map");
+      r.map = maps.front();
+      const auto c = r.map.meta.find("answer_count");
+      if (c != r.map.meta.end()) r.count = std::stoll(c->second);
+      else r.error = fmt::format("the answer '{}' is not a number", r.map.meta["answer"]);
+    } catch (const std::exception& e) {
+      r.error = e.what();
     }
-    // Tallies, records and the sample's line in count.json.
-    nlohmann::json line{{"id", s.id}, {"true_count", s.truth.count}, {"strategies", nlohmann::json::object()}};
-    std::vector<MapResult> maps;
-    for (const auto& o : s.outcomes) {
-      Tally& t = tally[o.strategy];
-      nlohmann::json entry{{"crops", o.parts.size()}};
-      if (!o.error.empty() || !o.count) {
+    return s.regions.emplace(box, std::move(r)).first->second;
+  };
+  const Region& global = region({0, 0, s.W, s.H});
+  s.global = &global;
+  const int64_t h = global.map.height, w = global.map.width;  // 0: the whole image failed
+  for (const auto& name : task.strategies) {
+    Outcome o;
+    o.strategy = name;
+    o.region = {0, 0, s.W, s.H};
+    std::vector<Frac> parts;
+    if (name == "global") parts = {{0, 0, 1, 1}};
+    else if (name == "crop") parts = {task.crop};
+    else if (name == "dense") parts = tiles(task.rows, task.cols);
+    else if (name == "hybrid") parts = tiles(2, 2);
+    else parts = task.boxes;
+    for (const auto& f : parts) o.parts.push_back(&region(to_pixels(f, s.H, s.W)));
+    if (name == "crop") o.region = o.parts.front()->box;
+    // The truth: the image's count where the parts tile it, else the
+    // objects whose centres lie in a part.
+    const bool tiling = name == "global" || name == "dense" || name == "hybrid";
+    if (tiling) {
+      o.truth = s.truth.count;
+      o.objects = s.truth.boxes;
+    } else if (s.truth.has_boxes) {
+      for (const auto& b : s.truth.boxes)
+        if (std::any_of(o.parts.begin(), o.parts.end(), [&](const Region* r) { return centre_in(b, r->box); }))
+          o.objects.push_back(b);
+      o.truth = static_cast<int64_t>(o.objects.size());
+    }
+    int64_t sum = 0;
+    for (const Region* r : o.parts) {
+      if (!r->count) {
+        o.error = fmt::format("crop [{}, {}, {}, {}]: {}", r->box[0], r->box[1], r->box[2], r->box[3], r->error);
+        break;
+      }
+      sum += *r->count;
+    }
+    if (o.error.empty() && h > 0) {
+      o.count = sum;
+      o.map = name == "global" ? map_tensor(global.map) : paste(o.parts, h, w, s.H, s.W);
+      if (name == "hybrid") o.map = normalised(0.5f * (map_tensor(global.map) + o.map));
+    }
+    s.outcomes.push_back(std::move(o));
+  }
+  return s;
+}
+
+// Sample s's line in count.json: per strategy its count, error and
+// localisation; `maps` receives the strategies' maps, to be written.
+nlohmann::json sample_line(const SampleRun& s, const CountTask& task, std::vector<MapResult>& maps) {
+  nlohmann::json line{{"id", s.id}, {"true_count", s.truth.count}, {"strategies", nlohmann::json::object()}};
+  for (const auto& o : s.outcomes) {
+    nlohmann::json entry{{"crops", o.parts.size()}};
+    if (!o.error.empty() || !o.count) {
+      entry["error"] = o.error.empty() ? "the whole image could not be explained" : o.error;
+      std::cerr << "xcam: vlm task count: " << s.id << " [" << o.strategy
+                << "] skipped: " << entry["error"].get<std::string>() << "\n";
+      line["strategies"][o.strategy] = entry;
+      continue;
+    }
+    entry["count"] = *o.count;
+    std::optional<Localisation> loc;
+    if (o.truth) {
+      entry["true_count"] = *o.truth;
+      entry["error"] = *o.count - *o.truth;
+    }
+    if (s.truth.has_boxes) {
+      loc = localise(o.map, o.objects, o.region, s.H, s.W, task.hotspot);
+      entry["objects"] = loc->objects;
+      entry["covered"] = loc->covered;
+      entry["background_share"] = loc->background;
+      entry["background_area"] = loc->background_area;
+    }
+    nlohmann::json crops = nlohmann::json::array();
+    for (const Region* r : o.parts) crops.push_back({{"box", r->box}, {"count", *r->count}});
+    entry["per_crop"] = crops;
+    line["strategies"][o.strategy] = entry;
+    maps.push_back(strategy_map(s, o, loc ? &*loc : nullptr));
+  }
+  return line;
+}
+
+// The dataset figures per strategy, from the samples' lines (a whole run's
+// or the shards' joined: the same sums in the same order).
+nlohmann::json summarise(const nlohmann::json& lines, const CountTask& task, TaskHost& host) {
+  std::map<std::string, Tally> tally;
+  for (const auto& line : lines)
+    for (const auto& [name, e] : line.at("strategies").items()) {
+      Tally& t = tally[name];
+      if (!e.contains("count")) {
         ++t.failed;
-        entry["error"] = o.error.empty() ? "the whole image could not be explained" : o.error;
-        std::cerr << "xcam: vlm task count: " << s.id << " [" << o.strategy << "] skipped: " << entry["error"].get<std::string>()
-                  << "\n";
-        line["strategies"][o.strategy] = entry;
         continue;
       }
-      entry["count"] = *o.count;
-      std::optional<Localisation> loc;
-      if (o.truth) {
-        const int64_t err = *o.count - *o.truth;
-        entry["true_count"] = *o.truth;
-        entry["error"] = err;
+      if (e.contains("true_count")) {
+        const int64_t err = e.at("error").get<int64_t>();
         ++t.n;
         t.abs += double(std::llabs(err));
         t.sq += double(err * err);
         t.exact += err == 0;
       }
-      if (s.truth.has_boxes) {
-        loc = localise(o.map, o.objects, o.region, s.H, s.W, task.hotspot);
-        t.objects += loc->objects;
-        t.covered += loc->covered;
-        t.background += loc->background;
-        t.background_area += loc->background_area;
+      if (e.contains("objects")) {
+        t.objects += e.at("objects").get<int64_t>();
+        t.covered += e.at("covered").get<int64_t>();
+        t.background += e.at("background_share").get<double>();
+        t.background_area += e.at("background_area").get<double>();
         ++t.localised;
-        entry["objects"] = loc->objects;
-        entry["covered"] = loc->covered;
-        entry["background_share"] = loc->background;
-        entry["background_area"] = loc->background_area;
       }
-      nlohmann::json crops = nlohmann::json::array();
-      for (const Region* r : o.parts) crops.push_back({{"box", r->box}, {"count", *r->count}});
-      entry["per_crop"] = crops;
-      line["strategies"][o.strategy] = entry;
-      maps.push_back(strategy_map(s, o, loc ? &*loc : nullptr));
     }
-    if (!maps.empty()) host.write_maps(maps);
-    per_sample.push_back(line);
-    runs.push_back(std::move(s));
-  }
-
-  // Dataset figures per strategy.
   nlohmann::json summary = nlohmann::json::object();
   for (const auto& name : task.strategies) {
     const Tally& t = tally[name];
@@ -454,26 +479,137 @@ void run_count_task(TaskHost& host, const std::string& task_json, bool answer_gi
     }
     summary[name] = j;
   }
+  return summary;
+}
 
-  // The worst counting errors (of the first strategy asked, then the
-  // others' largest): a panel each, the image and every strategy's map.
-  std::vector<std::pair<int64_t, size_t>> errors;
-  for (size_t r = 0; r < runs.size(); ++r) {
-    int64_t worst = -1;
-    for (const auto& o : runs[r].outcomes)
-      if (o.count && o.truth) worst = std::max<int64_t>(worst, std::llabs(*o.count - *o.truth));
-    if (worst > 0) errors.push_back({worst, r});
+// A sample's largest counting error over the strategies with a truth (0:
+// none wrong or none counted).
+int64_t largest_error(const nlohmann::json& line) {
+  int64_t worst = 0;
+  for (const auto& [name, e] : line.at("strategies").items())
+    if (e.contains("count") && e.contains("true_count")) worst = std::max<int64_t>(worst, std::llabs(e.at("error").get<int64_t>()));
+  return worst;
+}
+
+// Keeps the `k` largest errors seen, ties to the earlier sample: the
+// samples that get a panel, in panel order.
+struct Worst {
+  size_t k = 0;
+  std::vector<std::pair<int64_t, size_t>> top;  // largest error, sample
+  // Whether sample i with error e is among them; `dropped` receives a sample
+  // that no longer is.
+  bool add(int64_t e, size_t i, std::optional<size_t>& dropped) {
+    dropped.reset();
+    if (e <= 0 || k == 0) return false;
+    auto at = std::find_if(top.begin(), top.end(), [&](const auto& p) { return p.first < e; });
+    if (static_cast<size_t>(at - top.begin()) >= k) return false;
+    top.insert(at, {e, i});
+    if (top.size() > k) {
+      dropped = top.back().second;
+      top.pop_back();
+    }
+    return true;
   }
-  std::stable_sort(errors.begin(), errors.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+};
+
+// The shards' parts joined: their lines in the run's sample order, each part
+// holding the ids this run gives those samples.
+nlohmann::json read_parts(const TaskHost& host, const CountTask& task) {
+  nlohmann::json lines = nlohmann::json::array();
+  for (const auto& d : task.merge) {
+    const auto path = std::filesystem::path(d) / "count_part.json";
+    std::ifstream in(path);
+    XCAM_CHECK(in.good(), "vlm task count: shard folder {} has no count_part.json: run that shard (it starts its "
+               "samples over), then merge again", d);
+    const auto part = nlohmann::json::parse(in, nullptr, false);
+    XCAM_CHECK(part.is_object() && part.contains("samples") && part.contains("begin"),
+               "vlm task count: {} is not a shard's part (cut short?): run that shard again, then merge", path.string());
+    XCAM_CHECK(part["begin"].get<size_t>() == lines.size(),
+               "vlm task count: the shards' parts do not follow each other: {} starts at sample {}, expected {}",
+               path.string(), part["begin"].dump(), lines.size());
+    for (const auto& line : part["samples"]) {
+      const size_t i = lines.size();
+      XCAM_CHECK(i < host.size() && line.at("id").get<std::string>() == host.id(i),
+                 "vlm task count: {} has sample '{}' where this run has '{}': the shards ran other inputs; run them "
+                 "again", path.string(), line.at("id").get<std::string>(), i < host.size() ? host.id(i) : "none");
+      lines.push_back(line);
+    }
+  }
+  XCAM_CHECK(lines.size() == host.size(), "vlm task count: the shards' parts hold {} of the {} samples", lines.size(),
+             host.size());
+  return lines;
+}
+
+}  // namespace
+
+void run_count_task(TaskHost& host, const std::string& task_json, bool answer_given) {
+  const CountTask task = parse_count(nlohmann::json::parse(task_json));
+  XCAM_CHECK(!answer_given,
+             "vlm task count: the plugin option `answer` is set; counting needs the model's own answers on every "
+             "crop: remove it");
+  const size_t n = host.size();
+  XCAM_CHECK(n > 0, "vlm task count: the run has no inputs");
+  // Shard I of N counts the I-th of N runs of samples and writes its lines
+  // (count_part.json); its maps are written as a whole run's are.
+  size_t begin = 0, end = n;
+  if (task.shard >= 0) {
+    begin = static_cast<size_t>(task.shard) * n / static_cast<size_t>(task.shards);
+    end = static_cast<size_t>(task.shard + 1) * n / static_cast<size_t>(task.shards);
+  }
+  // The model's first calls in a process run TorchScript's profiling
+  // passes, whose sums may differ from later calls' in the last bits: two
+  // untimed calls first, as a plain run makes, so that a sample's maps do
+  // not depend on where it falls in a run or a shard.
+  auto warm_up = [&host](size_t i) {
+    try {
+      for (int k = 0; k < 2; ++k) host.explain({i});
+    } catch (const std::exception&) {
+      // the sample's own pass reports it
+    }
+  };
+  Worst worst{static_cast<size_t>(task.worst), {}};
+  std::map<size_t, SampleRun> kept;  // the samples with a panel so far
+  nlohmann::json lines = nlohmann::json::array();
+  if (!task.merge.empty()) {
+    lines = read_parts(host, task);
+    std::optional<size_t> dropped;
+    for (size_t i = 0; i < n; ++i) worst.add(largest_error(lines[i]), i, dropped);
+  } else {
+    if (begin < end) warm_up(begin);
+    for (size_t i = begin; i < end; ++i) {
+      SampleRun s = explain_sample(host, i, task);
+      std::vector<MapResult> maps;
+      lines.push_back(sample_line(s, task, maps));
+      if (!maps.empty()) host.write_maps(maps);
+      std::optional<size_t> dropped;
+      if (task.shard < 0 && worst.add(largest_error(lines.back()), i, dropped)) kept.emplace(i, std::move(s));
+      if (dropped) kept.erase(*dropped);
+    }
+  }
+  if (task.shard >= 0) {
+    host.write_json("count_part", nlohmann::json{{"shard", {{"index", task.shard}, {"count", task.shards}}},
+                                                 {"begin", begin},
+                                                 {"samples", lines}}
+                                      .dump(1));
+    host.add_metric("counted_samples", static_cast<double>(end - begin));
+    return;
+  }
+  const auto summary = summarise(lines, task, host);
+
+  // The worst counting errors: a panel each, the image and every
+  // strategy's map (a merge explains those samples again).
   // A re-run's panels replace the last run's, whose worst samples may differ.
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(host.output_dir(), ec)) {
     const std::string f = e.path().filename().string();
     if (f.rfind("worst_", 0) == 0 && e.path().extension() == ".png") std::filesystem::remove(e.path(), ec);
   }
-  nlohmann::json worst = nlohmann::json::array();
-  for (size_t k = 0; k < errors.size() && static_cast<int64_t>(k) < task.worst; ++k) {
-    const SampleRun& s = runs[errors[k].second];
+  nlohmann::json panels = nlohmann::json::array();
+  if (!task.merge.empty() && !worst.top.empty()) warm_up(worst.top.front().second);
+  for (size_t k = 0; k < worst.top.size(); ++k) {
+    const auto [error, i] = worst.top[k];
+    if (!kept.count(i)) kept.emplace(i, explain_sample(host, i, task));
+    const SampleRun& s = kept.at(i);
     std::vector<MapResult> tiles_;
     for (const auto& o : s.outcomes) {
       if (!o.count) continue;
@@ -490,15 +626,16 @@ void run_count_task(TaskHost& host, const std::string& task_json, bool answer_gi
     }
     if (tiles_.empty()) continue;
     const std::string name = fmt::format("worst_{:02d}_{}", k + 1, s.id);
-    host.write_panel(name, fmt::format("{}: true count {}, largest error {}", s.id, s.truth.count, errors[k].first),
-                     tiles_);
-    worst.push_back({{"id", s.id}, {"largest_error", errors[k].first}, {"panel", name + ".png"}});
+    host.write_panel(name, fmt::format("{}: true count {}, largest error {}", s.id, s.truth.count, error), tiles_);
+    panels.push_back({{"id", s.id}, {"largest_error", error}, {"panel", name + ".png"}});
   }
-  host.write_json("count", nlohmann::json{{"task", nlohmann::json::parse(task_json)},
+  auto given = nlohmann::json::parse(task_json);
+  given.erase("merge");
+  host.write_json("count", nlohmann::json{{"task", given},
                                           {"hotspot", task.hotspot},
                                           {"strategies", summary},
-                                          {"worst", worst},
-                                          {"samples", per_sample}}
+                                          {"worst", panels},
+                                          {"samples", lines}}
                                .dump(1));
 }
 

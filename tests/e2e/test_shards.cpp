@@ -1,7 +1,10 @@
 // Sharded runs (docs/scaling.md): `xcam run CONFIG --shard I/N` on the demo
 // experiment's images, one shard killed half-way and run again (it
 // resumes), `xcam merge` joining the four; the merged records and maps equal
-// a single run's, nothing lost or written twice. Bad shards are refused.
+// a single run's, nothing lost or written twice. The re-ID evaluation split
+// four ways (each shard embeds its part, the merge ranks over the whole
+// gallery) equals one run; so does the VLM count task split three ways.
+// Bad shards are refused.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -11,6 +14,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -140,6 +144,193 @@ TEST(Shards, MergedEqualsOneRunAndAKilledShardResumes) {
   EXPECT_NE(rerun.output.find("done 0, resumed 30, failed 0"), std::string::npos) << rerun.output;
 }
 
+// Every file under `dir` (relative path -> bytes) but the shards' folder and
+// what holds timings (summary, records, task.json).
+std::map<std::string, std::string> outputs(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    const auto rel = fs::relative(e.path(), dir).string();
+    const auto name = e.path().filename().string();
+    if (!e.is_regular_file() || rel.rfind("shards", 0) == 0 || rel.find(".items") != std::string::npos) continue;
+    if (name == "summary.json" || name == "task.json" || name.rfind("results.", 0) == 0) continue;
+    out[rel] = bytes(e.path().string());
+  }
+  return out;
+}
+
+// The re-ID evaluation of the bundled query and gallery sets, outputs in tmp/out.
+std::string reid_config(const TempDir& tmp, const std::string& out, int batch) {
+  const auto path = tmp / (out + ".yaml");
+  std::ofstream(path) << "model: " << source("zoo/models/reid_promptsg_traced.pt")
+                      << "\nplugin: reid\npreprocess: {size: [128, 64]}\nlayers: vit_last\nmethods: [gradcam]\n"
+                      << "inputs: {images: " << source("zoo/data/reid/query")
+                      << "}\ntask: {name: evaluate, gallery: " << source("zoo/data/reid/bounding_box_test")
+                      << ", batch: " << batch << ", show: 2, top_k: 3}\nthreads: 1\noutputs: {dir: " << (tmp / out)
+                      << "}\n";
+  return path;
+}
+
+// The re-ID evaluation split four ways: each shard embeds its runs of whole
+// batches of the queries and the gallery, the merge ranks over the whole
+// set. mAP, CMC, mINP, the ranking, the panels and their maps equal one run's.
+TEST(Shards, ReidEvaluationMergedEqualsOneRun) {
+  TempDir tmp("shards-reid");
+  auto config = [&](const std::string& out) { return reid_config(tmp, out, 16); };
+  const auto whole_cfg = config("whole"), split_cfg = config("split");
+  const auto whole = run_command(xcam_cmd() + "run " + whole_cfg);
+  ASSERT_EQ(whole.status, 0) << whole.output;
+  for (int i = 0; i < 4; ++i) {
+    const auto r = run_command(xcam_cmd() + "run " + split_cfg + " --shard " + std::to_string(i) + "/4");
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  // Each shard embedded its own rows: 60 queries + 172 gallery images, none twice.
+  size_t rows = 0, next = 0;
+  for (int i = 0; i < 4; ++i)
+    for (const auto& e : fs::recursive_directory_iterator(fs::path(tmp / "split/shards") / (std::to_string(i) + "-of-4")))
+      if (e.path().filename() == "embeddings.json") {
+        const auto j = nlohmann::json::parse(std::ifstream(e.path()));
+        EXPECT_EQ(j["begin"].get<size_t>(), next) << e.path();
+        next += j["rows"].get<size_t>();
+        rows += j["rows"].get<size_t>();
+        EXPECT_GT(j["rows"].get<size_t>(), 0u);
+      }
+  EXPECT_EQ(rows, 232u);
+
+  // A shard missing: the merge says which and how to finish it.
+  fs::rename(tmp / "split/shards/1-of-4/summary.json", tmp / "summary.json");
+  const auto early = run_command(xcam_cmd() + "merge " + split_cfg + " --shards 4");
+  EXPECT_NE(early.status, 0);
+  EXPECT_NE(early.output.find("shard 1/4 of experiment"), std::string::npos) << early.output;
+  fs::rename(tmp / "summary.json", tmp / "split/shards/1-of-4/summary.json");
+
+  const auto merged = run_command(xcam_cmd() + "merge " + split_cfg + " --shards 4");
+  ASSERT_EQ(merged.status, 0) << merged.output;
+  const auto a = outputs(tmp / "whole"), b = outputs(tmp / "split");
+  ASSERT_EQ(a.size(), b.size());
+  size_t panels = 0;
+  for (const auto& [rel, data] : a) {
+    ASSERT_TRUE(b.count(rel)) << rel;
+    EXPECT_TRUE(b.at(rel) == data) << rel << " differs";
+    panels += rel.find("ranked_") != std::string::npos;
+  }
+  EXPECT_EQ(panels, 2u);
+  EXPECT_EQ(records(tmp / "whole"), records(tmp / "split"));
+  // The figures over the whole set, not an average of the shards'.
+  auto metrics = [](const fs::path& dir) {
+    for (const auto& e : fs::recursive_directory_iterator(dir))
+      if (e.path().filename() == "task.json" && fs::relative(e.path(), dir).string().rfind("shards", 0) != 0)
+        return nlohmann::json::parse(std::ifstream(e.path()))["metrics"];
+    return nlohmann::json();
+  };
+  const auto ma = metrics(tmp / "whole"), mb = metrics(tmp / "split");
+  for (const char* k : {"mAP", "rank1", "rank5", "rank10", "mINP", "valid_queries", "embedded_images"}) {
+    ASSERT_TRUE(ma.contains(k)) << k;
+    EXPECT_EQ(ma[k], mb[k]) << k;
+  }
+  EXPECT_GT(ma["mAP"].get<double>(), 0.3);
+}
+
+// More shards than batches: 232 images in batches of 128 make two, so shard
+// 0 of 3 embeds nothing; the merge still equals one run.
+TEST(Shards, ReidShardWithoutABatchOfItsOwn) {
+  TempDir tmp("shards-reid-empty");
+  const auto whole_cfg = reid_config(tmp, "whole", 128), split_cfg = reid_config(tmp, "split", 128);
+  const auto whole = run_command(xcam_cmd() + "run " + whole_cfg);
+  ASSERT_EQ(whole.status, 0) << whole.output;
+  for (int i = 0; i < 3; ++i) {
+    const auto r = run_command(xcam_cmd() + "run " + split_cfg + " --shard " + std::to_string(i) + "/3");
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  std::vector<size_t> rows;
+  for (int i = 0; i < 3; ++i)
+    for (const auto& e : fs::recursive_directory_iterator(fs::path(tmp / "split/shards") / (std::to_string(i) + "-of-3")))
+      if (e.path().filename() == "embeddings.json")
+        rows.push_back(nlohmann::json::parse(std::ifstream(e.path()))["rows"].get<size_t>());
+  EXPECT_EQ(rows, (std::vector<size_t>{0, 128, 104}));
+  const auto merged = run_command(xcam_cmd() + "merge " + split_cfg + " --shards 3");
+  ASSERT_EQ(merged.status, 0) << merged.output;
+  const auto a = outputs(tmp / "whole"), b = outputs(tmp / "split");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [rel, data] : a) {
+    ASSERT_TRUE(b.count(rel)) << rel;
+    EXPECT_TRUE(b.at(rel) == data) << rel << " differs";
+  }
+  EXPECT_EQ(records(tmp / "whole"), records(tmp / "split"));
+}
+
+// VLM counting split three ways: each shard counts its run of the scenes
+// and writes their maps; the merge joins the counts, computes MAE, coverage
+// and background over every scene and draws the worst errors' panels. The
+// figures, count.json, the panels, the maps and their records equal one run's.
+TEST(Shards, VlmCountMergedEqualsOneRun) {
+  TempDir tmp("shards-vlm");
+  {
+    std::ifstream in(source("zoo/data/vlm/manifest.jsonl"));
+    std::ofstream out(tmp / "manifest.jsonl");
+    int n = 0;
+    for (std::string l; n < 10 && std::getline(in, l); ++n) {
+      auto j = nlohmann::json::parse(l);
+      j["image"] = source("zoo/data/vlm/" + j["image"].get<std::string>());
+      out << j.dump() << "\n";
+    }
+  }
+  auto config = [&](const std::string& out) {
+    const auto path = tmp / (out + ".yaml");
+    std::ofstream(path) << "name: count\nmodel: " << source("zoo/models/vlm/qwen2_vl_count_traced.pt")
+                        << "\nplugin: vlm\nplugin_options: {tokenizer: "
+                        << source("zoo/models/tokenizers/qwen2/tokenizer.json")
+                        << "}\nlayers: vision_last\nmethods: [gradcam]\ninputs: {manifest: " << (tmp / "manifest.jsonl")
+                        << "}\ntask: {name: count, strategies: [global, crop, hybrid], worst: 3}\nthreads: 1\n"
+                        << "outputs: {dir: " << (tmp / out) << ", save: [map, overlay]}\n";
+    return path;
+  };
+  const auto whole_cfg = config("whole"), split_cfg = config("split");
+  const auto whole = run_command(xcam_cmd() + "run " + whole_cfg);
+  ASSERT_EQ(whole.status, 0) << whole.output;
+  for (int i = 0; i < 3; ++i) {
+    const auto r = run_command(xcam_cmd() + "run " + split_cfg + " --shard " + std::to_string(i) + "/3");
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  // Each shard counted its own scenes: 3, 3 and 4 of the 10, in order.
+  std::vector<size_t> begins, sizes;
+  for (int i = 0; i < 3; ++i)
+    for (const auto& e : fs::recursive_directory_iterator(fs::path(tmp / "split/shards") / (std::to_string(i) + "-of-3")))
+      if (e.path().filename() == "count_part.json") {
+        const auto j = nlohmann::json::parse(std::ifstream(e.path()));
+        begins.push_back(j["begin"].get<size_t>());
+        sizes.push_back(j["samples"].size());
+      }
+  EXPECT_EQ(begins, (std::vector<size_t>{0, 3, 6}));
+  EXPECT_EQ(sizes, (std::vector<size_t>{3, 3, 4}));
+
+  const auto merged = run_command(xcam_cmd() + "merge " + split_cfg + " --shards 3");
+  ASSERT_EQ(merged.status, 0) << merged.output;
+  const auto a = outputs(tmp / "whole"), b = outputs(tmp / "split");
+  ASSERT_EQ(a.size(), b.size());
+  size_t panels = 0, counts = 0;
+  for (const auto& [rel, data] : a) {
+    ASSERT_TRUE(b.count(rel)) << rel;
+    EXPECT_TRUE(b.at(rel) == data) << rel << " differs";
+    panels += rel.find("worst_") != std::string::npos;
+    counts += fs::path(rel).filename() == "count.json";
+  }
+  EXPECT_EQ(counts, 1u);
+  EXPECT_GE(panels, 1u);
+  const auto ra = records(tmp / "whole"), rb = records(tmp / "split");
+  // One row per scene: results.json keys rows by sample and rank, and the
+  // strategies' maps share rank 0 (every map file is compared above).
+  EXPECT_EQ(ra.size(), 10u);
+  EXPECT_EQ(ra, rb);
+  auto metrics = [](const fs::path& dir) {
+    return nlohmann::json::parse(std::ifstream(dir / "gradcam/visual.blocks.3/task.json"))["metrics"];
+  };
+  const auto ma = metrics(tmp / "whole"), mb = metrics(tmp / "split");
+  for (const char* k : {"global_mae", "crop_mae", "hybrid_rmse", "global_coverage", "hybrid_background_share"}) {
+    ASSERT_TRUE(ma.contains(k)) << k;
+    EXPECT_EQ(ma[k], mb[k]) << k;
+  }
+}
+
 TEST(Shards, BadShardsAreRefused) {
   TempDir tmp("shards-bad");
   const auto cfg = write_config(tmp, tmp / "o");
@@ -148,10 +339,19 @@ TEST(Shards, BadShardsAreRefused) {
     EXPECT_NE(r.status, 0) << s;
     EXPECT_NE(r.output.find("is not I/N with 0 <= I < N"), std::string::npos) << s << ": " << r.output;
   }
-  const auto task = write_config(tmp, tmp / "t", "task: {name: evaluate}\n");
-  const auto t = run_command(xcam_cmd() + "run " + task + " --shard 0/2");
+  const auto cmp = write_config(tmp, tmp / "c", "compare: {sort_by: pointing}\n");
+  const auto c = run_command(xcam_cmd() + "run " + cmp + " --shard 0/2");
+  EXPECT_NE(c.status, 0);
+  EXPECT_NE(c.output.find("is a comparison: its figures need every sample at once"), std::string::npos) << c.output;
+  // A task that needs every sample at once says so (the plugin's task).
+  const auto cap = tmp / "captions.yaml";
+  std::ofstream(cap) << "model: " << source("zoo/models/captioner_scripted.pt")
+                     << "\nplugin: captioner\npreprocess: {size: [128, 128]}\nlayers: encoder\nmethods: [gradcam]\n"
+                     << "inputs: {images: '" << source("zoo/data/captioner/images/scene_00[0-3].png")
+                     << "'}\ntask: {name: captions}\nthreads: 1\noutputs: {dir: " << (tmp / "cap") << "}\n";
+  const auto t = run_command(xcam_cmd() + "run " + cap + " --shard 0/2");
   EXPECT_NE(t.status, 0);
-  EXPECT_NE(t.output.find("is a task: its figures need every sample at once"), std::string::npos) << t.output;
+  EXPECT_NE(t.output.find("captioner task captions does not split into shards"), std::string::npos) << t.output;
   const auto none = run_command(xcam_cmd() + "merge " + cfg + " --shards 3");
   EXPECT_NE(none.status, 0);
   EXPECT_NE(none.output.find("shard 0/3 of experiment"), std::string::npos) << none.output;
