@@ -12,28 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=${1:-${XCAM_TORCH2_VERSION:-2.15.0}}
-CACHE=${XCAM_CACHE:-$HOME/.cache/xcam}
-INC="$CACHE/torch-$VERSION/include"
-if [ ! -f "$INC/ATen/cuda/CUDAContext.h" ]; then
-  mkdir -p "$CACHE/wheels"
-  wheel=$(ls "$CACHE"/wheels/torch-"$VERSION"-cp*-manylinux*_x86_64.whl 2>/dev/null | head -n 1 || true)
-  if [ -z "$wheel" ]; then
-    echo "check_torch2: downloading the torch $VERSION wheel (once; cached in $CACHE/wheels)"
-    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
-      --platform manylinux_2_28_x86_64 -d "$CACHE/wheels" "torch==$VERSION"
-    wheel=$(ls "$CACHE"/wheels/torch-"$VERSION"-cp*-manylinux*_x86_64.whl | head -n 1)
-  fi
-  rm -rf "$CACHE/torch-$VERSION.tmp" && mkdir -p "$CACHE/torch-$VERSION.tmp"
-  python3 - "$wheel" "$CACHE/torch-$VERSION.tmp" <<'PY'
-import sys, zipfile
-z = zipfile.ZipFile(sys.argv[1])
-for n in z.namelist():
-    if n.startswith("torch/include/"):
-        z.extract(n, sys.argv[2])
-PY
-  rm -rf "$CACHE/torch-$VERSION" && mv "$CACHE/torch-$VERSION.tmp/torch" "$CACHE/torch-$VERSION"
-  rm -rf "$CACHE/torch-$VERSION.tmp"
-fi
+ROOT=$(scripts/torch2_wheel.sh "$VERSION")
+INC="$ROOT/include"
 CUDA_INC=${CUDA_HOME:-/usr/local/cuda}/include
 FLAGS=(-std=c++20 -fsyntax-only -DFMT_HEADER_ONLY -Wall -Wextra -Wno-unused-parameter -D_GLIBCXX_USE_CXX11_ABI=1
        -isystem "$INC" -isystem "$INC/torch/csrc/api/include" -isystem "$CUDA_INC"

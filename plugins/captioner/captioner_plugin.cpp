@@ -3,6 +3,7 @@
 // (plugins/captioner/README.md).
 #include <nlohmann/json.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cctype>

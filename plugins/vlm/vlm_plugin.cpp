@@ -2,6 +2,7 @@
 // geometry and tokenizer, the prompt around the image tokens, greedy answers,
 // the answer's targets and scores, and where a tap's values lie on the image.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>

@@ -4,6 +4,7 @@
 // errors users see for files xcam cannot read.
 #include "xcam/tokenizer.h"
 
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
