@@ -414,7 +414,7 @@ TEST(Vlm, AttentionCaptureLaysTokensOutAsQwen2VlOrdersThem) {
 // The same weights exported in bfloat16 run on the CPU: the answers equal
 // the eager bfloat16 model's, the log-probability its own, and the maps (a
 // bfloat16 forward and backward, the map maths in float32) equal the eager
-// bfloat16 model's and stay near the float64 maps.
+// bfloat16 model's and stay near the float64 maps where the answers agree.
 TEST(Vlm, Bfloat16ModelOnTheCpu) {
   xcam::Explainer ex(options({"vision_last", "decoder.1"}, xcam::test::models("vlm/vlm_bf16.pt")));
   const auto samples = scenes();
@@ -438,7 +438,11 @@ TEST(Vlm, Bfloat16ModelOnTheCpu) {
         to_f64 = std::max(to_f64, std::abs(double(got[k]) - f64[k]));
       }
       EXPECT_LT(to_bf16, 1e-4) << s.at("id") << " " << key;
-      EXPECT_LT(to_f64, 0.05) << s.at("id") << " " << key;
+      // Near the float64 map where bfloat16 gave the float32 answer (the
+      // same target): within 0.1 (0.03-0.06 seen, by CPU: with or without
+      // AVX-512's bfloat16 arithmetic). Where the answers differ, the maps
+      // explain different tokens and are not compared.
+      if (s.at("answer_ids_bf16") == s.at("answer_ids")) EXPECT_LT(to_f64, 0.1) << s.at("id") << " " << key;
       std::cout << s.at("id").get<std::string>() << " " << key << " bfloat16: max |xcam - eager bfloat16| "
                 << to_bf16 << ", max |xcam - float64| " << to_f64 << "\n";
     }
