@@ -158,6 +158,16 @@ std::map<std::string, std::string> outputs(const fs::path& dir) {
   return out;
 }
 
+// One run of `whole_cfg`, then `split_cfg` as shards 0/n to n-1/n.
+void run_whole_and_shards(const std::string& whole_cfg, const std::string& split_cfg, int n) {
+  const auto whole = run_command(xcam_cmd() + "run " + whole_cfg);
+  ASSERT_EQ(whole.status, 0) << whole.output;
+  for (int i = 0; i < n; ++i) {
+    const auto r = run_command(xcam_cmd() + "run " + split_cfg + " --shard " + std::to_string(i) + "/" + std::to_string(n));
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+}
+
 // The re-ID evaluation of the bundled query and gallery sets, outputs in tmp/out.
 std::string reid_config(const TempDir& tmp, const std::string& out, int batch) {
   const auto path = tmp / (out + ".yaml");
@@ -177,12 +187,7 @@ TEST(Shards, ReidEvaluationMergedEqualsOneRun) {
   TempDir tmp("shards-reid");
   auto config = [&](const std::string& out) { return reid_config(tmp, out, 16); };
   const auto whole_cfg = config("whole"), split_cfg = config("split");
-  const auto whole = run_command(xcam_cmd() + "run " + whole_cfg);
-  ASSERT_EQ(whole.status, 0) << whole.output;
-  for (int i = 0; i < 4; ++i) {
-    const auto r = run_command(xcam_cmd() + "run " + split_cfg + " --shard " + std::to_string(i) + "/4");
-    ASSERT_EQ(r.status, 0) << r.output;
-  }
+  ASSERT_NO_FATAL_FAILURE(run_whole_and_shards(whole_cfg, split_cfg, 4));
   // Each shard embedded its own rows: 60 queries + 172 gallery images, none twice.
   size_t rows = 0, next = 0;
   for (int i = 0; i < 4; ++i)
@@ -235,12 +240,7 @@ TEST(Shards, ReidEvaluationMergedEqualsOneRun) {
 TEST(Shards, ReidShardWithoutABatchOfItsOwn) {
   TempDir tmp("shards-reid-empty");
   const auto whole_cfg = reid_config(tmp, "whole", 128), split_cfg = reid_config(tmp, "split", 128);
-  const auto whole = run_command(xcam_cmd() + "run " + whole_cfg);
-  ASSERT_EQ(whole.status, 0) << whole.output;
-  for (int i = 0; i < 3; ++i) {
-    const auto r = run_command(xcam_cmd() + "run " + split_cfg + " --shard " + std::to_string(i) + "/3");
-    ASSERT_EQ(r.status, 0) << r.output;
-  }
+  ASSERT_NO_FATAL_FAILURE(run_whole_and_shards(whole_cfg, split_cfg, 3));
   std::vector<size_t> rows;
   for (int i = 0; i < 3; ++i)
     for (const auto& e : fs::recursive_directory_iterator(fs::path(tmp / "split/shards") / (std::to_string(i) + "-of-3")))
@@ -285,12 +285,7 @@ TEST(Shards, VlmCountMergedEqualsOneRun) {
     return path;
   };
   const auto whole_cfg = config("whole"), split_cfg = config("split");
-  const auto whole = run_command(xcam_cmd() + "run " + whole_cfg);
-  ASSERT_EQ(whole.status, 0) << whole.output;
-  for (int i = 0; i < 3; ++i) {
-    const auto r = run_command(xcam_cmd() + "run " + split_cfg + " --shard " + std::to_string(i) + "/3");
-    ASSERT_EQ(r.status, 0) << r.output;
-  }
+  ASSERT_NO_FATAL_FAILURE(run_whole_and_shards(whole_cfg, split_cfg, 3));
   // Each shard counted its own scenes: 3, 3 and 4 of the 10, in order.
   std::vector<size_t> begins, sizes;
   for (int i = 0; i < 3; ++i)
