@@ -105,10 +105,13 @@ ItemRecord from_json(const json& j) {
 }
 
 
-// What makes a row of results.json: one map of one input, method, layers and rank.
+// What makes a row of results.json: one map of one input, method, layers,
+// target and rank, as its files are named (a task can draw several targets of
+// one rank: the VLM count task's strategies).
 std::string row_key(const json& j) {
-  return fmt::format("{}\n{}\n{}\n{}\n{}", j.value("id", fs::path(j.value("image", "")).stem().string()),
-                     j.value("on", "image"), j.value("method", ""), j.value("layers", ""), j.value("rank", 0));
+  return fmt::format("{}\n{}\n{}\n{}\n{}\n{}", j.value("id", fs::path(j.value("image", "")).stem().string()),
+                     j.value("on", "image"), j.value("method", ""), j.value("layers", ""), j.value("target", ""),
+                     j.value("rank", 0));
 }
 
 }  // namespace

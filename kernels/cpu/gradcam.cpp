@@ -19,16 +19,17 @@ void gradcam_cpu(const void* activations, const void* gradients, DType dtype, Ca
     cam = storage.data();
   }
   const int64_t K = s.channels, hw = s.height * s.width;
-  const float inv_hw = 1.f / static_cast<float>(hw);
   detail::with_dtype(dtype, activations, gradients, [&](auto A, auto G) {
     // One pass: per channel, pool g_k, then accumulate w_k * A_k.
     const auto finite = detail::channel_sum(s.batch, K, hw, cam, [&](int64_t b, int64_t k, float* acc) {
       const auto* g = G + (b * K + k) * hw;
       const auto* a = A + (b * K + k) * hw;
-      float sum = 0.f;
+      // w_k = mean_s g_k, summed in double: zero-mean gradients cancel, and a
+      // float32 sum's rounding then shows in the normalised map (kernels.md).
+      double sum = 0.;
 #pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < hw; ++i) sum += to_float(g[i]);
-      const float wk = sum * inv_hw;  // w_k = mean_s g_k
+      const float wk = static_cast<float>(sum / static_cast<double>(hw));
 #pragma omp simd
       for (int64_t i = 0; i < hw; ++i) acc[i] += wk * to_float(a[i]);
       return std::isfinite(wk);

@@ -312,9 +312,12 @@ TEST(Shards, VlmCountMergedEqualsOneRun) {
   EXPECT_EQ(counts, 1u);
   EXPECT_GE(panels, 1u);
   const auto ra = records(tmp / "whole"), rb = records(tmp / "split");
-  // One row per scene: results.json keys rows by sample and rank, and the
-  // strategies' maps share rank 0 (every map file is compared above).
-  EXPECT_EQ(ra.size(), 10u);
+  // A row per scene and strategy: the strategies' maps share rank 0 and
+  // differ by target, as their files do.
+  EXPECT_EQ(ra.size(), 30u);
+  std::set<std::string> targets;
+  for (const auto& r : ra) targets.insert(nlohmann::json::parse(r).at("target").get<std::string>());
+  EXPECT_EQ(targets.size(), 3u);
   EXPECT_EQ(ra, rb);
   auto metrics = [](const fs::path& dir) {
     return nlohmann::json::parse(std::ifstream(dir / "gradcam/visual.blocks.3/task.json"))["metrics"];
