@@ -20,8 +20,11 @@ cp -r "$src/tests/install/consumer" "$work/consumer"
 cp "$src/zoo/models/shapes_cnn_scripted.pt" "$src/zoo/data/shapes/val_003.png" "$work/"
 cd "$work"
 # LibTorch is found through its own config: the system's, or the one the build used (a wheel's LibTorch 2.x).
-torch_dir=$(sed -n 's/^Torch_DIR:PATH=//p' "$build/CMakeCache.txt")
-cmake -S consumer -B consumer-build -DCMAKE_PREFIX_PATH="$work/prefix" -DTorch_DIR="$torch_dir" \
+# (A preset's cache variables are typed UNINITIALIZED, a -D one PATH or STRING.)
+cache() { sed -n "s/^$1:[A-Z]*=//p" "$build/CMakeCache.txt"; }
+torch_args=(-DTorch_DIR="$(cache Torch_DIR)")
+[ -z "$(cache XCAM_TORCH2_ROOT)" ] || torch_args+=(-DXCAM_TORCH2_ROOT="$(cache XCAM_TORCH2_ROOT)")
+cmake -S consumer -B consumer-build -DCMAKE_PREFIX_PATH="$work/prefix" "${torch_args[@]}" \
       -DCMAKE_BUILD_TYPE=Release >consumer-configure.log
 grep -q "xcam 0.1.0, plugins in $work/prefix/lib/xcam/plugins" consumer-configure.log ||
   { cat consumer-configure.log; echo "FAIL: find_package(xcam) did not find the installed package"; exit 1; }
@@ -37,6 +40,10 @@ for exe in consumer-build/explain_one explain_pc; do
   lib=$(ldd "$exe" | awk '$1 ~ /^libxcam\.so/ {print $3}')
   [ -n "$lib" ] && [ "$(realpath "$lib")" = "$(realpath "$work/prefix/lib/libxcam.so")" ] ||
     { echo "FAIL: $exe loads '$lib', not the installed libxcam.so"; exit 1; }
+  # The LibTorch libxcam.so was built against, not another one on the system.
+  torch_lib() { ldd "$1" | awk '$1 ~ /^libtorch_cpu\.so/ {print $3}' | xargs -r realpath; }
+  [ "$(torch_lib "$exe")" = "$(torch_lib "$work/prefix/lib/libxcam.so")" ] ||
+    { echo "FAIL: $exe loads $(torch_lib "$exe"), libxcam.so $(torch_lib "$work/prefix/lib/libxcam.so")"; exit 1; }
 done
 ./consumer-build/explain_one shapes_cnn_scripted.pt val_003.png block4 api.npy
 ./explain_pc shapes_cnn_scripted.pt val_003.png block4 pc.npy

@@ -62,11 +62,13 @@ EOF2
   done
 done
 for m in captioner_traced captioner_scripted; do
+  # The traced decoder is unrolled for 16 tokens (configs/captioner_batch.yaml).
+  pad=""; [ $m = captioner_traced ] && pad=", pad_to: 16"
   for src in 113 torch2; do
     dir=$z/models; [ $src = torch2 ] && dir=$z/models/torch2
     config "${m}_$src" "$dir/$m.pt" <<EOF2
 plugin: captioner
-plugin_options: {vocab: $z/models/captioner_vocab.txt}
+plugin_options: {vocab: $z/models/captioner_vocab.txt$pad}
 preprocess: {size: [128, 128]}
 layers: [encoder, encoder.layer2]
 methods: [gradcam, hirescam]
