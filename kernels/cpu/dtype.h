@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "xcam/kernels/cam_math.h"
 #include "xcam/kernels/types.h"
 
 namespace xcam::kernels::detail {
@@ -17,6 +18,17 @@ void with_dtype(DType dtype, const void* a, const void* b, F&& f) {
     case DType::f16: f(static_cast<const f16_t*>(a), static_cast<const f16_t*>(b)); break;
     case DType::bf16: f(static_cast<const bf16_t*>(a), static_cast<const bf16_t*>(b)); break;
   }
+}
+
+// Grad-CAM's channel weight, the mean of a channel's n gradients, summed in
+// double: zero-mean gradients cancel, and a float32 sum's rounding then shows
+// in the normalised map (docs/kernels.md).
+template <typename T>
+float gradient_mean(const T* g, int64_t n) {
+  double sum = 0.;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += to_float(g[i]);
+  return static_cast<float>(sum / static_cast<double>(n));
 }
 
 // Channels per work item: fixed, so results do not depend on the thread count.

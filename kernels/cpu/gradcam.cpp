@@ -24,12 +24,7 @@ void gradcam_cpu(const void* activations, const void* gradients, DType dtype, Ca
     const auto finite = detail::channel_sum(s.batch, K, hw, cam, [&](int64_t b, int64_t k, float* acc) {
       const auto* g = G + (b * K + k) * hw;
       const auto* a = A + (b * K + k) * hw;
-      // w_k = mean_s g_k, summed in double: zero-mean gradients cancel, and a
-      // float32 sum's rounding then shows in the normalised map (kernels.md).
-      double sum = 0.;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < hw; ++i) sum += to_float(g[i]);
-      const float wk = static_cast<float>(sum / static_cast<double>(hw));
+      const float wk = detail::gradient_mean(g, hw);  // w_k = mean_s g_k
 #pragma omp simd
       for (int64_t i = 0; i < hw; ++i) acc[i] += wk * to_float(a[i]);
       return std::isfinite(wk);

@@ -15,10 +15,7 @@ void weights_impl(const T* activations, const T* gradients, CamShape s, WeightMe
   for (int64_t bk = 0; bk < BK; ++bk) {
     const T* g = gradients + bk * hw;
     if (m == WeightMethod::gradcam) {
-      double sum = 0.;  // in double, as in gradcam.cpp
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < hw; ++i) sum += to_float(g[i]);
-      weights[bk] = static_cast<float>(sum / static_cast<double>(hw));
+      weights[bk] = detail::gradient_mean(g, hw);
       continue;
     }
     const T* a = activations + bk * hw;
