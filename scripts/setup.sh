@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ccache pkg-config
   libtorch-dev libdnnl-dev libyaml-cpp-dev libfmt-dev libcli11-dev nlohmann-json3-dev
-  libopencv-imgcodecs-dev libopencv-imgproc-dev libdeflate-dev
+  libopencv-imgcodecs-dev libopencv-imgproc-dev libdeflate-dev libjpeg-dev
   # core's tokenizer: Unicode categories, normalization and regexes
   libicu-dev
   googletest libgtest-dev libbenchmark-dev

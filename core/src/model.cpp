@@ -3,13 +3,16 @@
 // The forward graph is copied; calls into the modules on the way to a tapped
 // path (and helper methods on self, like torchvision's _forward_impl) are
 // inlined one level at a time until every tapped module's call sits in the
-// copy, then its output is returned as an extra output. The model's own
-// methods and types are never modified, so shared module types stay intact.
+// copy, then its output is returned as an extra output, and the calls that
+// remain are inlined whole (one interpreter, autograd op by op). The model's
+// own methods and types are never modified, so shared module types stay
+// intact.
 #include "xcam/model.h"
 
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/csrc/jit/runtime/interpreter.h>
 
@@ -524,6 +527,12 @@ struct TappedForward::Impl {
       graph->eraseOutput(0);
       graph->registerOutput(tuple->output());
     }
+    // Every call left is inlined too: a submodule's call would run on its
+    // own graph executor, which under autograd records the module as one
+    // differentiable graph whose backward replays a gradient graph in the
+    // interpreter (for the re-ID zoo model, half of the backward's time
+    // after vit_last). Inlined, each op records its own autograd node.
+    torch::jit::Inline(*graph);
     code = std::make_unique<torch::jit::Code>(graph, "xcam_tapped_forward");
   }
 
@@ -550,6 +559,8 @@ struct TappedForward::Impl {
         }
       }
     }
+    torch::jit::Inline(*g);  // the calls that remain, as in build()
+    torch::jit::EliminateDeadCode(g);
     slot = std::make_unique<torch::jit::Code>(g, "xcam_replaced_forward");
     return *slot;
   }

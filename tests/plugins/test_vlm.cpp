@@ -434,7 +434,9 @@ TEST(Vlm, Bfloat16ModelOnTheCpu) {
     const bool as_eager = answer == s.at("answer_ids_bf16").get<std::vector<int64_t>>();
     const bool as_f32 = answer == s.at("answer_ids").get<std::vector<int64_t>>();
     EXPECT_TRUE(as_eager || (!eager_kernels && as_f32)) << s.at("id");
-    if (eager_kernels) EXPECT_NEAR(std::log(maps[0].score), s.at("logprob_bf16").get<double>(), 1e-6);
+    if (eager_kernels) {
+      EXPECT_NEAR(std::log(maps[0].score), s.at("logprob_bf16").get<double>(), 1e-6);
+    }
     std::cout << s.at("id").get<std::string>() << " log-probability " << std::log(maps[0].score) << ", eager bfloat16 "
               << s.at("logprob_bf16").get<double>() << "\n";
     const auto& low = ex.last_lowres();
@@ -450,12 +452,16 @@ TEST(Vlm, Bfloat16ModelOnTheCpu) {
         to_bf16 = std::max(to_bf16, std::abs(double(got[k]) - bf16[k]));
         to_f64 = std::max(to_f64, std::abs(double(got[k]) - f64[k]));
       }
-      if (eager_kernels) EXPECT_LT(to_bf16, 1e-4) << s.at("id") << " " << key;
+      if (eager_kernels) {
+        EXPECT_LT(to_bf16, 1e-4) << s.at("id") << " " << key;
+      }
       // Near the float64 map where bfloat16 gave the float32 answer (the
       // same target): within 0.1 (0.03-0.06 seen, by CPU: with or without
       // AVX-512's bfloat16 arithmetic). Where the answers differ, the maps
       // explain different tokens and are not compared.
-      if (as_f32) EXPECT_LT(to_f64, 0.1) << s.at("id") << " " << key;
+      if (as_f32) {
+        EXPECT_LT(to_f64, 0.1) << s.at("id") << " " << key;
+      }
       std::cout << s.at("id").get<std::string>() << " " << key << " bfloat16: max |xcam - eager bfloat16| "
                 << to_bf16 << ", max |xcam - float64| " << to_f64 << "\n";
     }

@@ -13,6 +13,7 @@
 #include "../common.h"
 #include "xcam/error.h"
 #include "xcam/experiment.h"
+#include "xcam/image.h"
 #include "xcam/io.h"
 #include "xcam/metrics.h"
 #include "xcam/render.h"
@@ -101,6 +102,73 @@ TEST(Render, FastPngDecodesToThePixelsWritten) {
   EXPECT_LT(xcam::encode_png_fast(ramp).size(), 57600u / 4);
   cv::Mat gray(4, 4, CV_8UC1, cv::Scalar(3));
   EXPECT_THROW(xcam::encode_png_fast(gray), xcam::Error);
+}
+
+// OpenCV's own reading of an image file, as RGB.
+cv::Mat opencv_rgb(const std::string& file) {
+  const cv::Mat bgr = cv::imread(file, cv::IMREAD_COLOR);
+  cv::Mat rgb;
+  if (!bgr.empty()) cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  return rgb;
+}
+
+std::vector<uint8_t> file_bytes(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// load_rgb decodes JPEG with libjpeg itself where it can (core/src/image.cpp):
+// the pixels must be OpenCV's, bit for bit, and what that path declines
+// (EXIF orientation, corrupt data) must still come out as OpenCV reads it.
+TEST(Image, JpegDecodesToOpenCvsPixels) {
+  const xcam::test::TempDir dir("jpeg");
+  std::vector<std::pair<std::string, bool>> files;  // file, whether libjpeg's path takes it
+  for (const char* folder : {"zoo/data/reid/query", "zoo/data/reid/bounding_box_test"})
+    for (const auto& e : std::filesystem::directory_iterator(xcam::test::source(folder)))
+      if (e.path().extension() == ".jpg") files.emplace_back(e.path().string(), true);
+  ASSERT_GT(files.size(), 200u);
+  std::mt19937 rng(5);
+  const auto noise = [&](int h, int w, int type) {
+    cv::Mat m(h, w, type);
+    cv::randu(m, cv::Scalar::all(0), cv::Scalar::all(256));
+    cv::GaussianBlur(m, m, cv::Size(5, 5), 1.5);  // something a JPEG keeps
+    return m;
+  };
+  const auto write = [&](const std::string& name, const cv::Mat& m, const std::vector<int>& params, bool fast) {
+    ASSERT_TRUE(cv::imwrite(dir / name, m, params)) << name;
+    files.emplace_back(dir / name, fast);
+  };
+  write("one.jpg", noise(1, 1, CV_8UC3), {}, true);
+  write("odd.jpg", noise(37, 53, CV_8UC3), {cv::IMWRITE_JPEG_QUALITY, 70}, true);
+  write("wide.jpg", noise(316, 520, CV_8UC3), {}, true);
+  write("progressive.jpg", noise(99, 131, CV_8UC3), {cv::IMWRITE_JPEG_PROGRESSIVE, 1}, true);
+  write("gray.jpg", noise(45, 67, CV_8UC1), {}, true);
+  // EXIF orientation 6 (turn 90 degrees clockwise), which OpenCV applies: an
+  // APP1 block after the start-of-image marker.
+  auto exif = file_bytes(dir / "odd.jpg");
+  const uint8_t app1[] = {0xFF, 0xE1, 0, 34, 'E', 'x', 'i', 'f', 0, 0, 'I', 'I', 42, 0, 8, 0, 0, 0, 1, 0,
+                          0x12, 1, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0};
+  exif.insert(exif.begin() + 2, std::begin(app1), std::end(app1));
+  std::ofstream(dir / "exif.jpg", std::ios::binary).write(reinterpret_cast<const char*>(exif.data()), exif.size());
+  files.emplace_back(dir / "exif.jpg", false);
+  // Cut short: libjpeg warns, OpenCV decodes what there is.
+  const auto whole = file_bytes(dir / "wide.jpg");
+  std::ofstream(dir / "cut.jpg", std::ios::binary).write(reinterpret_cast<const char*>(whole.data()),
+                                                        static_cast<std::streamsize>(whole.size() * 3 / 5));
+  files.emplace_back(dir / "cut.jpg", false);
+
+  for (const auto& [file, fast] : files) {
+    const cv::Mat want = opencv_rgb(file);
+    ASSERT_FALSE(want.empty()) << file;
+    const cv::Mat got = xcam::load_rgb(file);
+    ASSERT_EQ(got.type(), CV_8UC3) << file;
+    ASSERT_EQ(got.size(), want.size()) << file;
+    EXPECT_EQ(cv::norm(got, want, cv::NORM_INF), 0.0) << file;
+    const auto bytes = file_bytes(file);
+    cv::Mat direct;
+    EXPECT_EQ(xcam::detail::decode_jpeg(bytes.data(), bytes.size(), direct), fast) << file;
+  }
+  EXPECT_EQ(xcam::load_rgb(dir / "exif.jpg").size(), cv::Size(37, 53));  // turned: 53 rows of 37
 }
 
 // Re-ID retrieval scores against a float64 reference written another way:

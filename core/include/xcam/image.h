@@ -14,6 +14,13 @@ namespace xcam {
 // is missing, unreadable or not a decodable image.
 cv::Mat load_rgb(const std::string& path);
 
+namespace detail {
+// A JPEG file's bytes decoded by libjpeg straight into `rgb` (8-bit RGB), the
+// pixels cv::imread gives; false for what only OpenCV decodes as it should
+// (EXIF orientation, CMYK, corrupt data, errors): load_rgb then asks OpenCV.
+bool decode_jpeg(const unsigned char* data, size_t size, cv::Mat& rgb);
+}  // namespace detail
+
 // Appends 3 x height x width normalised floats (CHW) of `rgb` to `out`.
 void preprocess_into(const cv::Mat& rgb, const Preprocess& p, std::vector<float>& out);
 // The same written at `dst` (3 x height x width floats), for callers that
