@@ -827,9 +827,9 @@ struct BenchCommand {
   // inputs at the same batch size, each run on a freshly loaded model as
   // the task's (the TorchScript executor's first, profiling runs are part of
   // both); runs alternate. Two ratios: the median of each pair's, and the
-  // best run's of each side against each other. On a shared machine whose
-  // speed swings by a fifth within seconds (this one), interference only
-  // slows a run, and the best of ten is the steadier figure.
+  // best run of each side against the other's. Each run is printed: on a
+  // shared machine whose speed swings within seconds, single pairs spread
+  // widely, and a bound like 0.95x needs tens of repeats (docs/results.md).
   int run_task_e2e(xcam::ExperimentConfig cfg) {
     xcam::set_threads(cfg.threads);
     auto eo = cfg.explainer;

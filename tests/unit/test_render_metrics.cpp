@@ -127,7 +127,6 @@ TEST(Image, JpegDecodesToOpenCvsPixels) {
     for (const auto& e : std::filesystem::directory_iterator(xcam::test::source(folder)))
       if (e.path().extension() == ".jpg") files.emplace_back(e.path().string(), true);
   ASSERT_GT(files.size(), 200u);
-  std::mt19937 rng(5);
   const auto noise = [&](int h, int w, int type) {
     cv::Mat m(h, w, type);
     cv::randu(m, cv::Scalar::all(0), cv::Scalar::all(256));
